@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+# Both create .venv when it is missing (Python >= 3.11 as `python3`, or PYTHON=...).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test test-slow venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: mmvsd needs Python >= 3.11; run make PYTHON=python3.11 ...")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
+	touch $@
+
+# The main job: benchmark speculative decoding against the target alone.
+run: venv
+	$(PY) -m mmvsd.bench target=tiny-random drafter=eagle json=runs/bench.json
+
+# Fast tests (pytest exit code 5, "no tests collected", counts as success).
+test: venv
+	$(PY) -m pytest -q; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+clean:
+	rm -rf $(VENV) runs

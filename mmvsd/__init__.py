@@ -1,0 +1,1 @@
+"""mmvsd: lossless multimodal speculative decoding and VSD drafter training."""

@@ -1,0 +1,234 @@
+"""The `key=value` command line shared by every entry point.
+
+Precedence: dataclass defaults < recipe YAML (`recipe=NAME` or a YAML path, training only) <
+`key=value` arguments. Values are converted by the field's declared type, so a string stays a
+string; nested configs take dotted keys (`tree.depth=6`). Unknown keys are refused with the
+closest valid key. `run()` wraps an entry point: `--help`, `dry_run=true`, and one-line errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from mmvsd.errors import UserError
+
+T = TypeVar("T")
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def parse(cls: type[T], argv: Sequence[str], recipes_dir: Path | None = None) -> T:
+    """Build a `cls` from `key=value` arguments (and `recipe=...` when `recipes_dir` is given)."""
+    overrides: dict[str, str] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise UserError(f"expected key=value, got {arg!r} (see --help)")
+        overrides[key.strip()] = value
+    values: dict[str, Any] = {}
+    if recipes_dir is not None and "recipe" in overrides:
+        values = load_recipe(overrides.pop("recipe"), recipes_dir)
+    for key, value in overrides.items():
+        _set_dotted(values, key, value)
+    return _build(cls, values, "")
+
+
+def load_recipe(name: str, recipes_dir: Path) -> dict[str, Any]:
+    """Read `recipes_dir/NAME.yaml`, or a YAML file by path, as a nested dict."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else recipes_dir / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in recipes_dir.glob("*.yaml"))
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"available: {', '.join(known) or 'none'}"
+        raise UserError(f"recipe {name!r} not found ({path}); {hint}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"recipe {path} is not valid YAML: {_one_line(e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"recipe {path} must be a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: str) -> None:
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"key {key!r}: {part!r} is not a group of settings")
+    node[leaf] = value
+
+
+def _build(cls: type[T], values: dict[str, Any], prefix: str) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        key = prefix + name
+        if name not in fields:
+            raise UserError(f"unknown key {key!r}{_suggest(key, cls, prefix)}")
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise UserError(f"{key} is a group of settings; set its fields as {key}.<name>=value")
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = coerce(value, tp, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field was not given
+        raise UserError(f"{cls.__name__}: {_one_line(e)}") from None
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a CLI string or YAML value to the declared type `tp`, or say what was expected."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if type(None) in args and (value is None or str(value).strip().lower() in ("null", "none", "")):
+            return None
+        return coerce(value, inner[0], key)
+    if origin is Literal:
+        if str(value) not in [str(a) for a in args]:
+            raise UserError(f"{key} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return next(a for a in args if str(a) == str(value))
+    if origin is list:
+        items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+        return [coerce(v, args[0], key) for v in items]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise UserError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip().replace("_", ""))
+        except ValueError:
+            raise UserError(f"{key} must be an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise UserError(f"{key} must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{key} must be a single value, got {value!r}")
+        return str(value)
+    raise TypeError(f"config field {key} has a type the parser does not handle: {tp}")
+
+
+def all_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every settable dotted key of a config class."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += all_keys(hints[f.name], prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _suggest(key: str, cls: type, prefix: str) -> str:
+    candidates = [prefix + k for k in all_keys(cls)]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not close:  # a bare leaf name that lives in a group, e.g. depth= for tree.depth=
+        close = [c for c in candidates if c.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+    return f"; did you mean {close[0]!r}?" if close else "; see --help for the valid keys"
+
+
+def help_text(cls: type, prog: str, doc: str, recipes: bool = False) -> str:
+    """Usage, the entry point's description and every key with its type, default and help."""
+    lines = [f"usage: python -m {prog} {'recipe=NAME ' if recipes else ''}[key=value ...]", "", doc.strip(), ""]
+    if recipes:
+        names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        lines += [f"recipes ({RECIPES_DIR}): {', '.join(names) or 'none'}", ""]
+    lines.append("keys:")
+    for key, tp, default, text in _describe(cls, ""):
+        lines.append(f"  {key}={default!s:<14} {text}  [{tp}]")
+    return "\n".join(lines)
+
+
+def _describe(cls: type, prefix: str) -> list[tuple[str, str, Any, str]]:
+    rows = []
+    hints = typing.get_type_hints(cls)
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += _describe(tp, prefix + f.name + ".")
+            continue
+        default = getattr(instance, f.name)
+        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+        rows.append((prefix + f.name, _type_name(tp), shown, f.metadata.get("help", "")))
+    return rows
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "|".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin is list:
+        return f"comma-separated {_type_name(args[0])}s"
+    return getattr(tp, "__name__", str(tp))
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML that `recipe=PATH` reads back."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def _one_line(error: BaseException | str) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def run(cls: type[T], main: Callable[[T], None], prog: str, doc: str,
+        argv: Sequence[str] | None = None, recipes: bool = False) -> int:
+    """Parse, honour --help and dry_run=true, call `main`, and turn failures into one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if any(a in ("-h", "--help", "help") for a in argv):
+            print(help_text(cls, prog, doc, recipes))
+            return 0
+        cfg = parse(cls, argv, RECIPES_DIR if recipes else None)
+        if getattr(cfg, "dry_run", False):
+            print(to_yaml(cfg), end="")
+            return 0
+        main(cfg)
+        return 0
+    except UserError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: still one line unless asked for the traceback
+        if os.environ.get("MMVSD_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {_one_line(e)} (MMVSD_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,90 @@
+"""Every configuration dataclass of mmvsd (no torch import here).
+
+A config is plain data: defaults here, then a recipe YAML (training), then `key=value` on the
+command line (see `mmvsd.cli`). Cross-field checks live in `__post_init__`, which runs once on the
+final values. Values derived from the loaded target (hidden size, vocabulary, image tokens) are
+never config: they are read from the target when models are built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mmvsd.errors import UserError
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a help text shown by `--help`."""
+    if dataclasses.is_dataclass(default) and isinstance(default, type):
+        return field(default_factory=default, metadata={"help": help})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass
+class TreeConfig:
+    """Shape of the EAGLE-2 dynamic draft tree (Li et al. 2024, arXiv 2406.16858)."""
+
+    depth: int = opt(5, "drafter expansion rounds: the longest draft path")
+    top_k: int = opt(8, "children kept per expanded node and beam width per round")
+    total_tokens: int = opt(24, "draft tokens verified per step, best by cumulative log-probability")
+
+    def __post_init__(self) -> None:
+        _require(self.depth >= 1, f"tree.depth must be >= 1, got {self.depth}")
+        _require(self.top_k >= 1, f"tree.top_k must be >= 1, got {self.top_k}")
+        _require(self.total_tokens >= 1, f"tree.total_tokens must be >= 1, got {self.total_tokens}")
+
+
+@dataclass
+class DecodeConfig:
+    """How one answer is generated; shared by the bench, lmms-eval plugin and demo."""
+
+    max_new_tokens: int = opt(64, "tokens to generate at most per answer")
+    temperature: float = opt(0.0, "0 = greedy; > 0 samples from the target's tempered distribution")
+    top_p: float = opt(1.0, "nucleus sampling on the target side (1 = off)")
+    seed: int = opt(0, "seed of the sampler")
+    tree: TreeConfig = opt(TreeConfig, "draft tree shape")
+
+    def __post_init__(self) -> None:
+        _require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _require(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+        _require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class BenchConfig:
+    """`python -m mmvsd.bench`: the target alone vs speculative decoding, same inputs, one process."""
+
+    target: str = opt("tiny-random", "tiny-random | toy-s | toy-m | a local folder | a hub id")
+    drafter: str = opt("eagle", "a drafter folder, or a kind (eagle) for an untrained drafter")
+    data: str | None = opt(None, 'JSONL of {"image": path, "prompt": text}; default: built-in examples')
+    n: int = opt(8, "use at most this many inputs")
+    max_new_tokens: int = opt(64, "tokens to generate at most per answer")
+    temperature: float = opt(0.0, "0 = greedy (outputs must be identical); > 0 samples")
+    top_p: float = opt(1.0, "nucleus sampling on the target side (1 = off)")
+    seed: int = opt(0, "seed of the sampler and of the untrained drafter")
+    tree: TreeConfig = opt(TreeConfig, "draft tree shape")
+    json: str | None = opt(None, "write the results to this JSON file")
+    dtype: Dtype = opt("float32", "weights and activations dtype")
+    device: str = opt("cpu", "torch device, e.g. cpu or cuda")
+    download: bool = opt(False, "allow fetching a hub id that is not in the local cache")
+    dry_run: bool = opt(False, "print the resolved config and exit")
+
+    def __post_init__(self) -> None:
+        _require(self.n >= 1, f"n must be >= 1, got {self.n}")
+        self.decode  # validates the decoding knobs
+
+    @property
+    def decode(self) -> DecodeConfig:
+        return DecodeConfig(self.max_new_tokens, self.temperature, self.top_p, self.seed, self.tree)

@@ -1,0 +1,119 @@
+"""Draft trees: the data structure, and EAGLE-2's dynamic growth and reranking.
+
+Dynamic draft trees follow EAGLE-2 (Li et al. 2024, "EAGLE-2: Faster Inference of Language Models
+with Dynamic Draft Trees", arXiv 2406.16858): expand the best `top_k` nodes of each level by the
+drafter's cumulative log-probability, keep every candidate, and finally keep the `total_tokens`
+best candidates overall. A child never scores above its parent, so the kept set is closed under
+ancestors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class DraftTree:
+    """Node 0 is the root: the last emitted token, already decided by the target.
+
+    Nodes are in creation order, so a parent always comes before its children, and siblings are
+    ordered by descending draft score (the order stochastic verification visits them in).
+    """
+
+    tokens: torch.Tensor  # [N] long
+    parents: torch.Tensor  # [N] long, parents[0] == -1
+    scores: torch.Tensor  # [N] cumulative draft log-probability, 0 at the root
+    depths: torch.Tensor = field(init=False)  # [N] long, 0 at the root
+    ancestors: torch.Tensor = field(init=False)  # [N, N] bool: ancestors[i, j] = j is i or an ancestor of i
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        parents = self.parents.tolist()
+        depths = [0] * n
+        ancestors = torch.eye(n, dtype=torch.bool)
+        for i in range(1, n):
+            if not 0 <= parents[i] < i:
+                raise ValueError(f"node {i} has parent {parents[i]}: parents must come before children")
+            depths[i] = depths[parents[i]] + 1
+            ancestors[i] |= ancestors[parents[i]]
+        self.depths = torch.tensor(depths, dtype=torch.long)
+        self.ancestors = ancestors
+        self._children: list[list[int]] = [[] for _ in range(n)]
+        for i in range(1, n):
+            self._children[parents[i]].append(i)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def children(self, node: int) -> list[int]:
+        return self._children[node]
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depths.max())
+
+    @staticmethod
+    def chain(tokens: list[int]) -> DraftTree:
+        """A single path root -> tokens[1] -> tokens[2] ... (chain drafting is a tree too)."""
+        n = len(tokens)
+        return DraftTree(torch.tensor(tokens), torch.arange(-1, n - 1), torch.zeros(n))
+
+    def to_dict(self, decode=None) -> dict:
+        """JSON-friendly form (the demo draws it; `decode` maps a token id to text)."""
+        tokens = self.tokens.tolist()
+        return {"tokens": tokens, "parents": self.parents.tolist(), "scores": [round(s, 4) for s in self.scores.tolist()],
+                "depths": self.depths.tolist(), **({"text": [decode([t]) for t in tokens]} if decode else {})}
+
+
+class TreeGrower:
+    """Bookkeeping of EAGLE-2 growth: the drafter supplies log-probabilities, this picks the nodes.
+
+    Usage: `frontier = grower.expand([0], root_logp)`; run the drafter on `frontier`; then
+    `frontier = grower.expand(frontier, logp)` for each further round; `grower.tree(total)`.
+    """
+
+    def __init__(self, root_token: int, top_k: int):
+        self.top_k = top_k
+        self.tokens = [root_token]
+        self.parents = [-1]
+        self.scores = [0.0]
+
+    def expand(self, nodes: list[int], logp: torch.Tensor) -> list[int]:
+        """Add the top-k children of each node (logp: [len(nodes), V]); return the next frontier.
+
+        All k*k children become candidates; the best k of them by cumulative score (ties to the
+        earlier one) form the frontier that the drafter expands next.
+        """
+        k = min(self.top_k, logp.shape[-1])
+        child_logp, child_tokens = logp.float().topk(k, dim=-1)  # [n, k], sorted descending
+        cumulative = torch.tensor([self.scores[i] for i in nodes])[:, None] + child_logp  # [n, k]
+        new_ids = []
+        for row, parent in enumerate(nodes):
+            for col in range(k):
+                new_ids.append(len(self.tokens))
+                self.tokens.append(int(child_tokens[row, col]))
+                self.parents.append(parent)
+                self.scores.append(float(cumulative[row, col]))
+        order = sorted(range(len(new_ids)), key=lambda i: -self.scores[new_ids[i]])
+        return [new_ids[i] for i in sorted(order[: self.top_k])]
+
+    def tree(self, total_tokens: int) -> DraftTree:
+        """Keep the root and the `total_tokens` best candidates, re-indexed in creation order."""
+        ranked = sorted(range(1, len(self.tokens)), key=lambda i: (-self.scores[i], i))
+        kept = [0]
+        kept_set = {0}
+        for i in ranked:  # a parent ranks before its children (higher score, or equal and created earlier)
+            if len(kept) > total_tokens:
+                break
+            if self.parents[i] in kept_set:
+                kept.append(i)
+                kept_set.add(i)
+        kept.sort()
+        index = {old: new for new, old in enumerate(kept)}
+        return DraftTree(
+            tokens=torch.tensor([self.tokens[i] for i in kept]),
+            parents=torch.tensor([-1] + [index[self.parents[i]] for i in kept[1:]]),
+            scores=torch.tensor([self.scores[i] for i in kept]),
+        )

@@ -1,0 +1,92 @@
+"""Drafters: build an untrained one by kind, save one as a folder, load one against a target.
+
+A drafter folder holds `config.json` (kind, sizes, the target's fingerprint) and
+`model.safetensors` (only the drafter's own weights; embedding and LM head come from the target).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mmvsd.drafters.base import DrafterSpec
+from mmvsd.drafters.eagle import EagleDrafter
+from mmvsd.errors import UserError
+
+__all__ = ["DRAFTERS", "DrafterSpec", "build_drafter", "load_drafter", "save_drafter"]
+
+DRAFTERS: dict[str, type] = {"eagle": EagleDrafter}
+
+
+def build_drafter(kind: str, target, seed: int = 0) -> EagleDrafter:
+    """An untrained drafter of `kind`, sized for `target`, seeded."""
+    if kind not in DRAFTERS:
+        raise UserError(f"unknown drafter kind {kind!r}; known kinds: {', '.join(DRAFTERS)}")
+    return _instantiate(DrafterSpec.for_target(kind, target), target, seed)
+
+
+def _instantiate(spec: DrafterSpec, target, seed: int = 0) -> EagleDrafter:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        drafter = DRAFTERS[spec.kind](spec, target.embed_tokens, target.lm_head)
+    return drafter.to(target.device, target.dtype).eval()
+
+
+def load_drafter(name: str, target, seed: int = 0) -> EagleDrafter:
+    """`name` is a drafter folder, or a kind for an untrained drafter."""
+    if name in DRAFTERS:
+        return build_drafter(name, target, seed)
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"drafter {name!r}: not a folder and not a drafter kind ({', '.join(DRAFTERS)})")
+    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise UserError(f"drafter {folder}: missing {path.name}; is this a drafter folder written by mmvsd?")
+    try:
+        spec = DrafterSpec(**json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise UserError(f"drafter {folder}: config.json is not a valid drafter config ({e})") from None
+    if spec.kind not in DRAFTERS:
+        raise UserError(f"drafter {folder}: unknown kind {spec.kind!r}; known kinds: {', '.join(DRAFTERS)}")
+    mismatch = {k: (v, target.fingerprint().get(k)) for k, v in spec.target.items() if target.fingerprint().get(k) != v}
+    if mismatch:
+        detail = ", ".join(f"{k} {was} vs {now}" for k, (was, now) in mismatch.items())
+        raise UserError(f"drafter {folder} was trained for another target ({detail}; drafter vs {target.name})")
+    drafter = _instantiate(spec, target, seed)
+    try:
+        state = load_file(str(weights_path), device=str(target.device))
+        drafter.load_state_dict({k: v.to(target.dtype) for k, v in state.items()})
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise UserError(f"drafter {folder}: cannot read its weights ({' '.join(str(e).split())[:200]})") from None
+    return drafter
+
+
+def save_drafter(drafter: EagleDrafter, folder: str | Path) -> Path:
+    """Write config.json + model.safetensors atomically: readers see the old folder or the new one."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(drafter.spec.to_dict(), indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in drafter.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"kind": drafter.kind})
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

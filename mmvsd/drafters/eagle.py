@@ -1,0 +1,106 @@
+"""The EAGLE drafter (Li et al. 2024, "EAGLE: Speculative Sampling Requires Rethinking Feature
+Uncertainty", arXiv 2401.15077), with EAGLE-2 dynamic trees at decoding time.
+
+One decoder layer reads [target feature h_t ; embedding of token t+1] through a linear fuse and
+predicts the next feature; the target's frozen LM head turns features into logits. At depth > 1
+the drafter feeds on its own predicted features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmvsd.config import TreeConfig
+from mmvsd.decoding.tree import DraftTree, TreeGrower
+from mmvsd.drafters.base import DrafterSpec
+from mmvsd.drafters.layers import DecoderLayer, KVCache
+from mmvsd.models.llava import PrefillOutput
+
+
+class EagleDrafter(nn.Module):
+    kind = "eagle"
+
+    def __init__(self, spec: DrafterSpec, embed_tokens: nn.Embedding, lm_head: nn.Linear):
+        super().__init__()
+        self.spec = spec
+        h = spec.hidden_size
+        self.fc = nn.Linear(2 * h, h, bias=False)
+        self.layer = DecoderLayer(h, spec.num_heads, spec.intermediate_size, spec.rope_theta)
+        # The target's embedding and head, shared and frozen: kept out of the module tree so they
+        # are neither trained nor saved with the drafter.
+        self.frozen = (embed_tokens, lm_head)
+        self.cache = KVCache()
+        self.stable = 0  # rows of the cache that hold accepted context (the rest is draft scratch)
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.frozen[0]
+
+    @property
+    def lm_head(self) -> nn.Linear:
+        return self.frozen[1]
+
+    def fuse(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Drafter input for (feature, next token) pairs: [..., H], [...] -> [..., H]."""
+        return self.fc(torch.cat([features, self.embed_tokens(tokens).to(features.dtype)], dim=-1))
+
+    # ---------------------------------------------------------------- decoding
+
+    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> None:
+        self.cache = KVCache()
+        self.stable = 0
+
+    @torch.inference_mode()
+    def propose(self, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
+        root_hidden = self._catch_up(self.fuse(features, tokens))  # [H]
+        grower = TreeGrower(int(tokens[-1]), tree.top_k)
+        frontier = grower.expand([0], self._logp(root_hidden[None]))
+        hidden = {0: root_hidden}  # drafter output of every processed node, read by its children
+        rows: dict[int, int] = {}  # processed node -> its row in the scratch part of the cache
+        for _ in range(tree.depth - 1):
+            out = self._forward_nodes(grower, frontier, hidden, rows)  # [k, H]
+            hidden.update(zip(frontier, out))
+            frontier = grower.expand(frontier, self._logp(out))
+        self.cache.truncate(self.stable)
+        return grower.tree(tree.total_tokens)
+
+    def _catch_up(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the accepted pairs [n, H] into the cache; return the output at the last one."""
+        n, device = x.shape[0], x.device
+        positions = torch.arange(self.stable + 1, self.stable + n + 1, device=device)
+        allowed = torch.ones(n, self.stable + n, dtype=torch.bool, device=device)
+        allowed[:, self.stable:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        out = self.layer(x[None], positions[None], allowed[None, None], self.cache)
+        self.stable += n
+        return out[0, -1]
+
+    def _forward_nodes(self, grower: TreeGrower, nodes: list[int], hidden: dict, rows: dict) -> torch.Tensor:
+        """One drafter pass over a tree level: each node sees the context and its own ancestors."""
+        device = self.fc.weight.device
+        parent_hidden = torch.stack([hidden[grower.parents[i]] for i in nodes])
+        tokens = torch.tensor([grower.tokens[i] for i in nodes], device=device)
+        depths = [_depth(grower, i) for i in nodes]
+        positions = torch.tensor(depths, device=device) + self.stable
+        scratch = len(rows)
+        allowed = torch.zeros(len(nodes), self.stable + scratch + len(nodes), dtype=torch.bool, device=device)
+        allowed[:, : self.stable] = True
+        for r, node in enumerate(nodes):
+            allowed[r, self.stable + scratch + r] = True
+            parent = grower.parents[node]
+            while parent > 0:
+                allowed[r, self.stable + rows[parent]] = True
+                parent = grower.parents[parent]
+            rows[node] = scratch + r
+        out = self.layer(self.fuse(parent_hidden, tokens)[None], positions[None], allowed[None, None], self.cache)
+        return out[0]
+
+    def _logp(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
+
+
+def _depth(grower: TreeGrower, node: int) -> int:
+    depth = 0
+    while node > 0:
+        node, depth = grower.parents[node], depth + 1
+    return depth

@@ -1,0 +1,85 @@
+"""The one Llama-style decoder layer every drafter uses, with a KV cache that can roll back.
+
+Written out (RMSNorm, rotary attention, SwiGLU MLP) instead of borrowing transformers' layer so the
+drafter's per-call overhead stays small: at toy sizes a drafter step must cost a few percent of a
+target step, and the wrapper overhead would be most of it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype) * self.weight
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate-half RoPE as in Llama. x: [B, heads, T, hd]; positions: [B, T]."""
+    half = x.shape[-1] // 2
+    freqs = 1.0 / theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions[:, None, :, None].float() * freqs  # [B, 1, T, half]
+    cos, sin = torch.cos(angles).to(x.dtype), torch.sin(angles).to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class KVCache:
+    """Keys and values of one layer for one sequence; `truncate` rolls back speculative rows."""
+
+    def __init__(self) -> None:
+        self.keys: torch.Tensor | None = None  # [1, heads, L, hd]
+        self.values: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys is None:
+            self.keys, self.values = keys, values
+        else:
+            self.keys = torch.cat([self.keys, keys], dim=2)
+            self.values = torch.cat([self.values, values], dim=2)
+        return self.keys, self.values
+
+    def truncate(self, length: int) -> None:
+        if self.keys is not None:
+            self.keys, self.values = self.keys[:, :, :length], self.values[:, :, :length]
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm Llama block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, rope_theta: float = 10000.0):
+        super().__init__()
+        self.num_heads, self.head_dim, self.rope_theta = num_heads, hidden_size // num_heads, rope_theta
+        self.input_norm = RMSNorm(hidden_size)
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
+        self.out = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.post_attention_norm = RMSNorm(hidden_size)
+        self.gate_up = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
+        self.down = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """x: [B, T, H]; positions: [B, T]; allowed: [B or 1, 1, T, S] bool (True = may attend),
+        None = causal over x alone; cache: keys/values of earlier rows, extended in place."""
+        b, t, h = x.shape
+        q, k, v = self.qkv(self.input_norm(x)).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=allowed is None)
+        x = x + self.out(attn.transpose(1, 2).reshape(b, t, h))
+        gate, up = self.gate_up(self.post_attention_norm(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)

@@ -1,0 +1,56 @@
+"""Target loading: `tiny-random`, the toy world's targets, a local folder, or a hub id."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from mmvsd.errors import UserError
+from mmvsd.models.llava import LlavaTarget, PrefillOutput, Prompt
+
+__all__ = ["LlavaTarget", "PrefillOutput", "Prompt", "load_target", "DTYPES"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_target(name: str, dtype: str = "float32", device: str = "cpu", download: bool = False) -> LlavaTarget:
+    """Load a LLaVA-1.5 target by id. Hub ids are read from the local cache unless `download`."""
+    torch_dtype = DTYPES[dtype]
+    if name == "tiny-random":
+        from mmvsd.models.tiny import build_tiny_random
+
+        model, processor = build_tiny_random()
+        return LlavaTarget(model.to(device, torch_dtype), processor, name)
+    return LlavaTarget(*_from_pretrained(_resolve(name), torch_dtype, device, download), name)
+
+
+def _resolve(name: str) -> str:
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise UserError(f"target {name!r}: no such folder, and not a hub id (owner/name); "
+                        "use tiny-random, a local folder or a hub id such as llava-hf/llava-1.5-7b-hf")
+    return name
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, device: str, download: bool):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # e.g. the torchvision fallback notice
+    local_only = not download
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=local_only)
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=local_only,
+                                                              attn_implementation="sdpa")
+    except OSError as e:
+        if Path(path).is_dir():
+            raise UserError(f"target {path}: not a LLaVA checkpoint folder ({' '.join(str(e).split())[:200]})") from None
+        hint = "" if download else "; pass download=true to fetch it"
+        raise UserError(f"target {path!r} is not in the local Hugging Face cache{hint}") from None
+    except ValueError as e:
+        raise UserError(f"target {path}: cannot load as LLaVA-1.5 ({' '.join(str(e).split())[:200]})") from None
+    if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
+        raise UserError(f"target {path}: its processor has no tokenizer or image processor; is it a LLaVA checkpoint?")
+    return model.to(device), processor

@@ -1,0 +1,179 @@
+"""The LLaVA-1.5 target adapter: the only code that knows transformers' LLaVA classes.
+
+It wraps a stock `LlavaForConditionalGeneration` (CLIP tower + projector + Llama) so the decoding
+loop can prefill an image and prompt, verify a whole draft tree in one forward pass, and keep
+only the accepted path in the KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from transformers import DynamicCache, LlavaForConditionalGeneration
+
+from mmvsd.errors import UserError
+from mmvsd.images import to_rgb
+
+IMAGE_PLACEHOLDER = "<image>"
+LLAVA15_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
+
+
+@dataclass
+class Prompt:
+    """An encoded request: chat-formatted token ids with the image placeholders expanded."""
+
+    input_ids: torch.Tensor  # [T]
+    pixel_values: torch.Tensor  # [1, 3, S, S]
+    text: str
+
+
+@dataclass
+class PrefillOutput:
+    logits: torch.Tensor  # [V] next-token logits after the prompt
+    hidden: torch.Tensor  # [T, H] last-layer states (post-norm: what the LM head reads) of every prompt position
+    image_embeds: torch.Tensor  # [n_img, H] projected image embeddings, in placeholder order
+    image_mask: torch.Tensor  # [T] bool, True at image placeholder positions
+
+
+class LlavaTarget:
+    """A LLaVA-1.5 model, its processor and one sequence's KV cache (batch size 1)."""
+
+    def __init__(self, model: LlavaForConditionalGeneration, processor, name: str):
+        self.model = model.eval()
+        self.language_model = model.model.language_model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.cache: DynamicCache | None = None
+        text_config = model.config.text_config
+        self.vocab_size: int = text_config.vocab_size
+        self.hidden_size: int = text_config.hidden_size
+        self.num_layers: int = text_config.num_hidden_layers
+        self.max_context: int = text_config.max_position_embeddings
+        self.image_token_id: int = model.config.image_token_id
+        self.num_image_tokens: int = _count_image_tokens(processor)
+        self.eos_token_ids: set[int] = _eos_ids(model, self.tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.lm_head.weight.dtype
+
+    @property
+    def embed_tokens(self) -> torch.nn.Embedding:
+        return self.language_model.embed_tokens
+
+    @property
+    def lm_head(self) -> torch.nn.Linear:
+        return self.model.lm_head
+
+    def fingerprint(self) -> dict:
+        """What a drafter must agree with to be used on this target."""
+        return {"vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+                "num_layers": self.num_layers, "num_image_tokens": self.num_image_tokens}
+
+    # ---------------------------------------------------------------- inputs
+
+    def format_prompt(self, prompt: str) -> str:
+        """The LLaVA-1.5 chat format: the processor's chat template, or the llava-hf default."""
+        if getattr(self.processor, "chat_template", None):
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return LLAVA15_TEMPLATE.format(prompt=prompt)
+
+    def encode(self, image: Image.Image, prompt: str, max_new_tokens: int = 1) -> Prompt:
+        """Chat-format and tokenize a request; refuse what cannot be answered, naming the limit."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError("the prompt is empty; give a question or an instruction about the image")
+        if IMAGE_PLACEHOLDER in prompt:
+            raise UserError(f"the prompt contains {IMAGE_PLACEHOLDER!r}, which is reserved: the image is placed "
+                            "automatically, remove it from the text")
+        text = self.format_prompt(prompt.strip())
+        batch = self.processor(images=to_rgb(image), text=text, return_tensors="pt")
+        input_ids = batch["input_ids"][0]
+        budget = self.max_context - max_new_tokens
+        if len(input_ids) > budget:
+            text_tokens = len(input_ids) - self.num_image_tokens
+            raise UserError(
+                f"the prompt is too long: {text_tokens} text tokens + {self.num_image_tokens} image tokens + "
+                f"max_new_tokens={max_new_tokens} exceed the target's context of {self.max_context} tokens; "
+                "shorten the prompt or lower max_new_tokens"
+            )
+        return Prompt(input_ids.to(self.device), batch["pixel_values"].to(self.device, self.dtype), text)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    # ---------------------------------------------------------------- forward passes
+
+    @torch.inference_mode()
+    def prefill(self, prompt: Prompt) -> PrefillOutput:
+        """Run image + prompt through the model, starting a fresh KV cache."""
+        self.cache = DynamicCache(config=self.model.config.text_config)
+        out = self.model.model(input_ids=prompt.input_ids[None], pixel_values=prompt.pixel_values,
+                               past_key_values=self.cache, use_cache=True)
+        hidden = out.last_hidden_state[0]  # [T, H]
+        return PrefillOutput(logits=self.lm_head(hidden[-1]).float(), hidden=hidden,
+                             image_embeds=out.image_hidden_states.reshape(-1, self.hidden_size),
+                             image_mask=prompt.input_ids == self.image_token_id)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, depths: torch.Tensor,
+                ancestors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append `tokens` after the cached prefix; return their logits [N, V] and hidden states [N, H].
+
+        `ancestors[i, j]` says node j is node i or one of its ancestors: the tree attention pattern
+        (None = a causal chain). Positions are prefix length + depth, so every node sits exactly
+        where it would in plain decoding of its own path.
+        """
+        prefix = self.cache.get_seq_length()
+        mask = None if ancestors is None else self._tree_mask(ancestors, prefix)
+        out = self.language_model(input_ids=tokens[None], attention_mask=mask,
+                                  position_ids=(prefix + depths)[None], past_key_values=self.cache, use_cache=True)
+        hidden = out.last_hidden_state[0]  # [N, H]
+        return self.lm_head(hidden).float(), hidden
+
+    def _tree_mask(self, ancestors: torch.Tensor, prefix: int) -> torch.Tensor:
+        # An additive float mask: transformers' eager attention adds the mask to the scores, so a
+        # boolean mask there would be silently wrong.
+        n = ancestors.shape[0]
+        blocked = torch.finfo(self.dtype).min
+        mask = torch.zeros(1, 1, n, prefix + n, dtype=self.dtype, device=self.device)
+        mask[0, 0, :, prefix:].masked_fill_(~ancestors.to(self.device), blocked)
+        return mask
+
+    def commit(self, n_new: int, keep: torch.Tensor) -> None:
+        """After `forward` appended `n_new` rows, keep only rows `keep` (indices among them, in order)."""
+        total = self.cache.get_seq_length()
+        prefix = total - n_new
+        keep = keep.to(self.device)
+        if torch.equal(keep, torch.arange(len(keep), device=self.device)):
+            self.cache.crop(-(n_new - len(keep)))  # a chain prefix: just drop the tail
+            return
+        rows = torch.cat([torch.arange(prefix, device=self.device), prefix + keep])
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(2, rows)
+            layer.values = layer.values.index_select(2, rows)
+
+    @property
+    def seq_len(self) -> int:
+        return self.cache.get_seq_length()
+
+
+def _count_image_tokens(processor) -> int:
+    blank = Image.new("RGB", (8, 8))
+    ids = processor(images=blank, text=IMAGE_PLACEHOLDER, return_tensors="pt")["input_ids"][0]
+    image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    return int((ids == image_id).sum())
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    return set(ids if isinstance(ids, list) else [ids]) - {None}
