@@ -88,16 +88,13 @@ class TreeGrower:
         """
         k = min(self.top_k, logp.shape[-1])
         child_logp, child_tokens = logp.float().topk(k, dim=-1)  # [n, k], sorted descending
-        cumulative = torch.tensor([self.scores[i] for i in nodes])[:, None] + child_logp  # [n, k]
-        new_ids = []
-        for row, parent in enumerate(nodes):
-            for col in range(k):
-                new_ids.append(len(self.tokens))
-                self.tokens.append(int(child_tokens[row, col]))
-                self.parents.append(parent)
-                self.scores.append(float(cumulative[row, col]))
-        order = sorted(range(len(new_ids)), key=lambda i: -self.scores[new_ids[i]])
-        return [new_ids[i] for i in sorted(order[: self.top_k])]
+        cumulative = (torch.tensor([self.scores[i] for i in nodes])[:, None] + child_logp).flatten().tolist()
+        first = len(self.tokens)
+        self.tokens += child_tokens.flatten().tolist()
+        self.parents += [parent for parent in nodes for _ in range(k)]
+        self.scores += cumulative
+        best = sorted(range(len(cumulative)), key=cumulative.__getitem__, reverse=True)[: self.top_k]  # stable
+        return [first + i for i in sorted(best)]
 
     def tree(self, total_tokens: int) -> DraftTree:
         """Keep the root and the `total_tokens` best candidates, re-indexed in creation order."""

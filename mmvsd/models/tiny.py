@@ -24,10 +24,14 @@ CHAT_TEMPLATE = (
 )
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer with no merges: 256 byte tokens + LLaVA's special tokens."""
+def byte_tokenizer(alphabet: str | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with no merges: 256 byte tokens + LLaVA's special tokens.
+
+    `alphabet` restricts the vocabulary to those characters (others become <unk>): a tiny
+    vocabulary lets tests enumerate a model's exact output distribution.
+    """
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for char in pre_tokenizers.ByteLevel.alphabet():
+    for char in alphabet if alphabet is not None else pre_tokenizers.ByteLevel.alphabet():
         vocab.setdefault(char, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -50,9 +54,10 @@ def llava_processor(tokenizer: PreTrainedTokenizerFast, size: int, patch: int) -
 
 
 def build_tiny_random(seed: int = 0, image_size: int = 64, patch_size: int = 8, hidden_size: int = 64,
-                      num_layers: int = 2) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+                      num_layers: int = 2, alphabet: str | None = None
+                      ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """The seeded tiny LLaVA: same seed, same weights."""
-    tokenizer = byte_tokenizer()
+    tokenizer = byte_tokenizer(alphabet)
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=image_size, patch_size=patch_size, projection_dim=32)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,

@@ -1,0 +1,234 @@
+"""`python -m mmvsd.bench`: the target alone vs speculative decoding, on the same inputs, in one process.
+
+Prints a table and (with json=OUT) writes speedup, tau (bonus token included), tokens/s of both,
+whether greedy outputs are identical, per-depth acceptance, and a clear error for every input
+that could not be used. Example:
+
+    python -m mmvsd.bench target=tiny-random drafter=eagle data=inputs.jsonl json=out.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from mmvsd import cli, metrics
+from mmvsd.config import BenchConfig
+from mmvsd.decoding import Step, autoregressive_generate, speculative_generate
+from mmvsd.errors import UserError
+from mmvsd.images import load_image
+
+BUILTIN_PROMPTS = (
+    "Describe the image in detail.",
+    "How many shapes are there in the picture?",
+    "What colours do you see?",
+    "Where is each shape? Answer in one sentence per shape.",
+)
+
+
+@dataclass
+class Request:
+    name: str  # how the input is named in errors and results
+    image: Image.Image | None = None
+    prompt: str = ""
+    error: str | None = None
+
+
+@dataclass
+class Result:
+    name: str
+    prompt: str
+    text: str  # the speculative answer
+    identical: bool | None  # greedy only: same tokens as the target alone
+    tau: float
+    baseline_s: float
+    speculative_s: float
+    baseline: list[Step] = field(repr=False)
+    speculative: list[Step] = field(repr=False)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(s.tokens) for s in self.speculative)
+
+    @property
+    def n_base_tokens(self) -> int:
+        return sum(len(s.tokens) for s in self.baseline)
+
+    def to_dict(self) -> dict:
+        return {"input": self.name, "prompt": self.prompt, "text": self.text, "tokens": self.n_tokens,
+                "identical": self.identical, "tau": self.tau, "baseline_s": self.baseline_s,
+                "speculative_s": self.speculative_s}
+
+
+def read_requests(path: str, n: int) -> list[Request]:
+    """`{"image": path, "prompt": text}` per line, image paths relative to the file.
+
+    A bad line becomes a Request with an error; only a missing or unreadable file stops the run.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"data file {path}: no such file")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"data file {path}: cannot read it as UTF-8 text ({e})") from None
+    requests = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if len(requests) == n:
+            break
+        requests.append(_parse_line(line, f"{file.name}:{number}", file.parent))
+    if not requests:
+        raise UserError(f"data file {path} has no inputs; each line should be {{\"image\": path, \"prompt\": text}}")
+    return requests
+
+
+def _parse_line(line: str, name: str, base: Path) -> Request:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        return Request(name, error=f"{name}: not valid JSON ({e.msg})")
+    if not isinstance(record, dict) or not isinstance(record.get("image"), str) or "prompt" not in record:
+        return Request(name, error=f'{name}: expected {{"image": path, "prompt": text}}')
+    image_path = base / record["image"]
+    name = f"{name} ({record['image']})"
+    try:
+        return Request(name, load_image(image_path), str(record["prompt"]))
+    except UserError as e:
+        return Request(name, prompt=str(record["prompt"]), error=str(e))
+
+
+def builtin_requests(n: int, seed: int) -> list[Request]:
+    """Procedural shape scenes from the toy world, with a mix of short and long prompts."""
+    from mmvsd.toyworld.scenes import draw_scene, random_scene
+
+    rng = random.Random(seed)
+    return [Request(f"builtin-{i}", draw_scene(random_scene(rng), 256), BUILTIN_PROMPTS[i % len(BUILTIN_PROMPTS)])
+            for i in range(n)]
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    from mmvsd.drafters import load_drafter
+    from mmvsd.models import load_target
+
+    requests = read_requests(cfg.data, cfg.n) if cfg.data else builtin_requests(cfg.n, cfg.seed)
+    target = load_target(cfg.target, cfg.dtype, cfg.device, cfg.download)
+    drafter = load_drafter(cfg.drafter, target, cfg.seed)
+    prompts = []
+    for request in requests:
+        if request.error is None:
+            try:
+                prompts.append((request, target.encode(request.image, request.prompt, cfg.max_new_tokens)))
+            except UserError as e:
+                request.error = f"{request.name}: {e}"
+    errors = [{"input": r.name, "error": r.error} for r in requests if r.error]
+    for error in errors:
+        tqdm.write(f"skipped: {error['error']}", file=sys.stderr)
+    if not prompts:
+        raise UserError(f"none of the {len(requests)} inputs could be used: {errors[0]['error']}")
+
+    decode = cfg.decode
+    warm = type(decode)(min(8, decode.max_new_tokens), decode.temperature, decode.top_p, decode.seed, decode.tree)
+    list(autoregressive_generate(target, prompts[0][1], warm))  # first calls pay one-off costs
+    list(speculative_generate(target, drafter, prompts[0][1], warm))
+
+    results = []
+    for request, prompt in tqdm(prompts, desc="bench", unit="input", file=sys.stderr):
+        start = time.perf_counter()
+        baseline = list(autoregressive_generate(target, prompt, decode))
+        baseline_s = time.perf_counter() - start
+        start = time.perf_counter()
+        speculative = list(speculative_generate(target, drafter, prompt, decode))
+        speculative_s = time.perf_counter() - start
+        base_tokens = [t for s in baseline for t in s.tokens]
+        spec_tokens = [t for s in speculative for t in s.tokens]
+        identical = base_tokens == spec_tokens if decode.temperature == 0 else None
+        results.append(Result(request.name, request.prompt, target.decode(spec_tokens), identical,
+                              metrics.tau(speculative), baseline_s, speculative_s, baseline, speculative))
+    return summarize(cfg, results, errors)
+
+
+def summarize(cfg: BenchConfig, results: list[Result], errors: list[dict]) -> dict:
+    spec_steps = [s for r in results for s in r.speculative if s.tree is not None]
+    decode_steps = [s.seconds for r in results for s in r.baseline[1:]]  # [0] is the prefill
+    base_tps = metrics.tokens_per_second(sum(r.n_base_tokens for r in results), sum(r.baseline_s for r in results))
+    spec_tps = metrics.tokens_per_second(sum(r.n_tokens for r in results), sum(r.speculative_s for r in results))
+    identical = [r.identical for r in results if r.identical is not None]
+    return {
+        "target": cfg.target, "drafter": cfg.drafter,
+        "speedup": spec_tps / base_tps,
+        "tau": metrics.tau(spec_steps),
+        "accepted_per_step": metrics.tau(spec_steps) - 1,
+        "acceptance_by_depth": metrics.acceptance_by_depth(spec_steps, cfg.tree.depth),
+        "baseline_tokens_per_s": base_tps,
+        "speculative_tokens_per_s": spec_tps,
+        "identical_outputs": all(identical) if identical else None,
+        "n_prompts": len(results),
+        "errors": errors,
+        "decode_step_ms": metrics.median_ms(decode_steps),
+        "verify_step_ms": metrics.median_ms([s.verify_seconds for s in spec_steps]),
+        "draft_step_ms": metrics.median_ms([s.draft_seconds for s in spec_steps]),
+        "tree_nodes": sum(len(s.tree) for s in spec_steps) / max(1, len(spec_steps)),
+        "per_input": [r.to_dict() for r in results],
+        "config": asdict(cfg),
+    }
+
+
+def print_report(report: dict) -> None:
+    rows = [
+        ("inputs", f"{report['n_prompts']} used, {len(report['errors'])} skipped"),
+        ("target alone", f"{report['baseline_tokens_per_s']:.1f} tokens/s"),
+        ("speculative", f"{report['speculative_tokens_per_s']:.1f} tokens/s"),
+        ("speed-up", f"{report['speedup']:.2f}x"),
+        ("tau (incl. bonus)", f"{report['tau']:.2f} tokens per target forward"),
+        ("acceptance by depth", " ".join(f"{a:.2f}" for a in report["acceptance_by_depth"])),
+        ("identical outputs", {True: "yes", False: "NO - lossless contract broken", None: "n/a (sampling)"}[
+            report["identical_outputs"]]),
+        ("decode step", f"{report['decode_step_ms']:.2f} ms (target, 1 token)"),
+        ("verify step", f"{report['verify_step_ms']:.2f} ms ({report['tree_nodes']:.0f} tree tokens, "
+                        f"{report['verify_step_ms'] / report['decode_step_ms']:.2f}x a decode step)"),
+        ("draft step", f"{report['draft_step_ms']:.2f} ms (whole tree)"),
+    ]
+    print(f"mmvsd bench: target={report['target']} drafter={report['drafter']}")
+    for label, value in rows:
+        print(f"  {label:<20} {value}")
+    for error in report["errors"]:
+        print(f"  skipped: {error['error']}")
+
+
+def main(cfg: BenchConfig) -> None:
+    torch.manual_seed(cfg.seed)
+    report = run_bench(cfg)
+    print_report(report)
+    if cfg.json:
+        out = Path(cfg.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(_no_nan(report), indent=2))
+        print(f"wrote {out}")
+    if report["identical_outputs"] is False:
+        raise UserError("greedy speculative output differs from the target's: the lossless contract is broken")
+
+
+def _no_nan(value):
+    """NaN (e.g. tau with no verification step) is not JSON: write null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(BenchConfig, main, "mmvsd.bench", __doc__))

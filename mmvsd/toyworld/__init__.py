@@ -1,0 +1,1 @@
+"""The toy world: synthetic images, questions and descriptions, and small trained LLaVA targets."""

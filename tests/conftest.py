@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny real models built in code, random images and prompts. Nothing is downloaded."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+torch.set_num_threads(2)
+
+PROMPT_WORDS = ("describe", "the", "image", "what", "colour", "is", "shape", "how", "many", "left", "chart",
+                "value", "décris", "l'image", "画像", "を", "説明", "😀", "?", "\n", "  ")
+
+
+@pytest.fixture(scope="session")
+def tiny_target():
+    from mmvsd.models import load_target
+
+    return load_target("tiny-random")
+
+
+def random_image(rng: random.Random) -> Image.Image:
+    """Noise, a flat colour or blocks, at a random size and aspect ratio."""
+    width, height = rng.randint(1, 300), rng.randint(1, 300)
+    kind = rng.choice(["noise", "flat", "blocks"])
+    if kind == "flat":
+        return Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
+    if kind == "noise":
+        return Image.frombytes("RGB", (width, height), rng.randbytes(width * height * 3))
+    image = Image.new("RGB", (width, height))
+    for _ in range(6):
+        x, y = rng.randrange(width), rng.randrange(height)
+        image.paste(tuple(rng.randrange(256) for _ in range(3)), (x, y, min(width, x + 40), min(height, y + 40)))
+    return image
+
+
+def random_prompt(rng: random.Random) -> str:
+    return " ".join(rng.choice(PROMPT_WORDS) for _ in range(rng.randint(1, 12))).strip() or "describe"
+
+
+@pytest.fixture
+def rng():
+    return random.Random(1234)

@@ -1,0 +1,200 @@
+"""Verification: greedy follows the target's argmax; stochastic verification is lossless.
+
+The statistical tests compare empirical frequencies with the target's exact distribution by a
+chi-square test. Each also runs a deliberately biased verifier through the same test and checks
+that it fails, so the test has the power to catch a wrong implementation.
+"""
+
+import copy
+from collections import Counter
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from mmvsd.decoding import speculative
+from mmvsd.decoding.tree import DraftTree
+from mmvsd.decoding.verify import logits_to_probs, verify_greedy, verify_stochastic
+
+#        0
+#   1    2    3          root children: tokens 4, 1, 6
+#  4 5   6               node 1 has children 4, 5 (tokens 2, 0); node 2 has child 6 (token 3)
+TREE = DraftTree(tokens=torch.tensor([7, 4, 1, 6, 2, 0, 3]), parents=torch.tensor([-1, 0, 0, 0, 1, 1, 2]),
+                 scores=torch.zeros(7))
+VOCAB = 8
+
+
+def one_hot_logits(targets: list[int]) -> torch.Tensor:
+    logits = torch.zeros(len(targets), VOCAB)
+    logits[torch.arange(len(targets)), torch.tensor(targets)] = 5.0
+    return logits
+
+
+@pytest.mark.parametrize("argmax, path, bonus", [
+    ([1, 0, 3, 0, 0, 0, 5], [0, 2, 6], 5),  # second root child, then its child, then the bonus
+    ([4, 0, 0, 0, 0, 0, 0], [0, 1, 5], 0),  # node 5 (token 0) is node 1's second child
+    ([4, 2, 0, 0, 6, 0, 0], [0, 1, 4], 6),
+    ([5, 0, 0, 0, 0, 0, 0], [0], 5),  # nothing matches: only the bonus
+    ([6, 0, 0, 7, 0, 0, 0], [0, 3], 7),  # a leaf accepted
+])
+def test_greedy_follows_the_argmax(argmax, path, bonus):
+    assert verify_greedy(TREE, one_hot_logits(argmax)) == (path, bonus)
+
+
+def node_probs(seed: int) -> torch.Tensor:
+    """A random, fairly peaked target distribution at every node [N, V]."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(len(TREE), VOCAB, generator=gen) * 1.5, -1)
+
+
+def first_two_tokens(path: list[int], bonus: int) -> tuple[int, ...]:
+    tokens = [int(TREE.tokens[i]) for i in path[1:]] + [bonus]
+    return tuple(tokens[:2])
+
+
+def exact_first_two(probs: torch.Tensor) -> dict[tuple[int, ...], float]:
+    """P(first token, second token) of one step; the step emits a single token when the first is not drafted."""
+    exact = {}
+    child_of = {int(TREE.tokens[c]): c for c in TREE.children(0)}
+    for x1 in range(VOCAB):
+        p1 = float(probs[0, x1])
+        if x1 in child_of:
+            for x2 in range(VOCAB):
+                exact[(x1, x2)] = p1 * float(probs[child_of[x1], x2])
+        else:
+            exact[(x1,)] = p1
+    return exact
+
+
+def chi_square_p(samples: Counter, exact: dict, n: int) -> float:
+    """p-value of the samples under `exact`, with categories of small expectation pooled.
+
+    An outcome that `exact` gives probability 0 makes the p-value 0.
+    """
+    assert sum(samples.values()) == n
+    if any(category not in exact for category in samples):
+        return 0.0
+    observed, expected, pooled_obs, pooled_exp = [], [], 0, 0.0
+    for category, p in exact.items():
+        if n * p < 5:
+            pooled_obs += samples[category]
+            pooled_exp += n * p
+        else:
+            observed.append(samples[category])
+            expected.append(n * p)
+    if pooled_exp > 0:
+        observed.append(pooled_obs)
+        expected.append(pooled_exp)
+    scale = sum(observed) / sum(expected)  # rounding of the float probabilities
+    return float(chisquare(observed, [e * scale for e in expected]).pvalue)
+
+
+def no_renormalisation(tree, probs, generator):
+    """A classic bug: after rejecting a child, keep testing siblings against the original p."""
+    path = [0]
+    while True:
+        p = probs[path[-1]]
+        for child in tree.children(path[-1]):
+            if torch.rand((), generator=generator) < p[tree.tokens[child]]:
+                path.append(child)
+                break
+        else:
+            return path, int(torch.multinomial(p, 1, generator=generator))
+
+
+def bonus_from_full_p(tree, probs, generator):
+    """Another bug: correct acceptance, but the bonus drawn from p instead of the residual."""
+    path, _ = verify_stochastic(tree, probs, generator)
+    return path, int(torch.multinomial(probs[path[-1]], 1, generator=generator))
+
+
+def sample_steps(verify, probs: torch.Tensor, n: int) -> Counter:
+    generator = torch.Generator().manual_seed(0)
+    return Counter(first_two_tokens(*verify(TREE, probs, generator)) for _ in range(n))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stochastic_verification_reproduces_the_target_distribution(seed):
+    probs, n = node_probs(seed), 20_000
+    exact = exact_first_two(probs)
+    assert chi_square_p(sample_steps(verify_stochastic, probs, n), exact, n) > 1e-3
+    for biased in (no_renormalisation, bonus_from_full_p):
+        assert chi_square_p(sample_steps(biased, probs, n), exact, n) < 1e-6, biased.__name__
+
+
+def test_top_p_and_temperature_shape_only_the_target_side():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
+    probs = logits_to_probs(logits, temperature=1.0, top_p=0.7)
+    full = torch.softmax(logits, -1)
+    assert probs[0, 2:].sum() == 0  # the top two tokens already hold >= 70% of the mass
+    assert torch.allclose(probs[0, :2], full[0, :2] / full[0, :2].sum())
+    assert torch.allclose(logits_to_probs(logits, 0.5), torch.softmax(logits / 0.5, -1))
+    assert logits_to_probs(logits, 1.0, top_p=1e-6)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------ the whole loop, on a real model
+
+@pytest.fixture(scope="module")
+def small_vocab_target():
+    """A real tiny LLaVA with an 8-token vocabulary, so its 3-token distribution can be enumerated."""
+    from PIL import Image
+
+    from mmvsd.models.llava import LlavaTarget
+    from mmvsd.models.tiny import build_tiny_random
+
+    model, processor = build_tiny_random(seed=3, image_size=16, patch_size=8, hidden_size=32, num_layers=1,
+                                         alphabet="abc")
+    target = LlavaTarget(model, processor, "small-vocab")
+    return target, target.encode(Image.new("RGB", (5, 5), (30, 200, 90)), "abc cab")
+
+
+def exact_sequences(target, prompt, length: int, temperature: float, top_p: float) -> dict[tuple, float]:
+    """P(first `length` tokens, shorter when EOS comes first), from transformers' own forward passes
+    with its own KV cache, as `generate` runs them."""
+    with torch.no_grad():
+        first = target.model(input_ids=prompt.input_ids[None], pixel_values=prompt.pixel_values, use_cache=True)
+    exact, frontier = {}, {(): (1.0, first.logits[0, -1], first.past_key_values)}
+    for _ in range(length):
+        grown = {}
+        for prefix, (p_prefix, logits, cache) in frontier.items():
+            for token, p in enumerate(logits_to_probs(logits, temperature, top_p).tolist()):
+                if p == 0:
+                    continue
+                if token in target.eos_token_ids or len(prefix) + 1 == length:
+                    exact[prefix + (token,)] = p_prefix * p
+                    continue
+                branch = copy.deepcopy(cache)
+                with torch.no_grad():
+                    out = target.model(input_ids=torch.tensor([[token]]), past_key_values=branch, use_cache=True)
+                grown[prefix + (token,)] = (p_prefix * p, out.logits[0, -1], out.past_key_values)
+        frontier = grown
+    return exact
+
+
+def sample_sequences(target, prompt, drafter, n, length, temperature, top_p) -> Counter:
+    from mmvsd.config import DecodeConfig, TreeConfig
+
+    counts = Counter()
+    for seed in range(n):
+        cfg = DecodeConfig(length, temperature, top_p, seed, TreeConfig(depth=2, top_k=3, total_tokens=5))
+        steps = speculative.speculative_generate(target, drafter, prompt, cfg)
+        counts[tuple(t for s in steps for t in s.tokens)] += 1
+    return counts
+
+
+@pytest.mark.parametrize("temperature, top_p, check_power", [(1.0, 1.0, True), (0.7, 0.9, False)])
+def test_speculative_sampling_matches_the_target_sequence_distribution(small_vocab_target, monkeypatch,
+                                                                       temperature, top_p, check_power):
+    from mmvsd.drafters import build_drafter
+
+    target, prompt = small_vocab_target
+    drafter = build_drafter("eagle", target, seed=1)
+    n, length = 1200, 3
+    exact = exact_sequences(target, prompt, length, temperature, top_p)
+    assert sum(exact.values()) == pytest.approx(1.0, abs=1e-5)
+    samples = sample_sequences(target, prompt, drafter, n, length, temperature, top_p)
+    assert chi_square_p(samples, exact, n) > 1e-3
+    if check_power:  # the same test rejects a verifier that forgets to renormalise after a rejection
+        monkeypatch.setattr(speculative, "verify_stochastic", no_renormalisation)
+        biased = sample_sequences(target, prompt, drafter, n, length, temperature, top_p)
+        assert chi_square_p(biased, exact, n) < 1e-4
