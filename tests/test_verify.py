@@ -113,9 +113,9 @@ def sample_steps(verify, probs: torch.Tensor, n: int) -> Counter:
     return Counter(first_two_tokens(*verify(TREE, probs, generator)) for _ in range(n))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_stochastic_verification_reproduces_the_target_distribution(seed):
-    probs, n = node_probs(seed), 20_000
+    probs, n = node_probs(seed), 6000
     exact = exact_first_two(probs)
     assert chi_square_p(sample_steps(verify_stochastic, probs, n), exact, n) > 1e-3
     for biased in (no_renormalisation, bonus_from_full_p):

@@ -36,21 +36,29 @@ def _resolve(name: str) -> str:
 
 
 def _from_pretrained(path: str, dtype: torch.dtype, device: str, download: bool):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
     logging.getLogger("transformers").setLevel(logging.ERROR)  # e.g. the torchvision fallback notice
-    local_only = not download
+    is_folder = Path(path).is_dir()
+    if is_folder and not (Path(path) / "config.json").is_file():
+        raise UserError(f"target {path}: not a LLaVA checkpoint folder (it has no config.json)")
     try:
-        processor = AutoProcessor.from_pretrained(path, local_files_only=local_only)
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=local_only,
+        config = AutoConfig.from_pretrained(path, local_files_only=not download)
+        if config.model_type != "llava":
+            raise UserError(f"target {path} is a {config.model_type!r} checkpoint; mmvsd targets are LLaVA-1.5 "
+                            "(model_type 'llava')")
+        processor = AutoProcessor.from_pretrained(path, local_files_only=not download)
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=not download,
                                                               attn_implementation="sdpa")
-    except OSError as e:
-        if Path(path).is_dir():
-            raise UserError(f"target {path}: not a LLaVA checkpoint folder ({' '.join(str(e).split())[:200]})") from None
+    except (OSError, ValueError) as e:
+        if is_folder:
+            raise UserError(f"target {path}: not a usable LLaVA checkpoint folder ({_short(e)})") from None
         hint = "" if download else "; pass download=true to fetch it"
         raise UserError(f"target {path!r} is not in the local Hugging Face cache{hint}") from None
-    except ValueError as e:
-        raise UserError(f"target {path}: cannot load as LLaVA-1.5 ({' '.join(str(e).split())[:200]})") from None
     if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:
         raise UserError(f"target {path}: its processor has no tokenizer or image processor; is it a LLaVA checkpoint?")
     return model.to(device), processor
+
+
+def _short(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]

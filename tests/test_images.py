@@ -1,0 +1,90 @@
+"""Whatever image a user hands over is either made usable or refused with one clear line."""
+
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from mmvsd.errors import UserError
+from mmvsd.images import load_image, to_rgb
+
+
+def png_with_header_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (a decompression bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
+
+
+def saved(tmp_path, image: Image.Image, name: str, **kwargs):
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("make, size", [
+    (lambda: Image.new("L", (40, 30), 128), (40, 30)),  # grayscale
+    (lambda: Image.new("1", (40, 30), 1), (40, 30)),  # bilevel
+    (lambda: Image.new("RGBA", (40, 30), (255, 0, 0, 0)), (40, 30)),  # fully transparent
+    (lambda: Image.new("P", (40, 30), 3), (40, 30)),  # palette
+    (lambda: Image.new("CMYK", (40, 30), (0, 255, 0, 0)), (40, 30)),
+    (lambda: Image.new("I;16", (40, 30), 40000), (40, 30)),  # 16-bit
+    (lambda: Image.new("RGB", (1, 1), (9, 9, 9)), (1, 1)),  # one pixel
+    (lambda: Image.new("RGB", (5000, 1)), (5000, 5000)),  # extreme aspect: padded to a square
+])
+def test_unusual_images_become_rgb(make, size):
+    image = to_rgb(make())
+    assert image.mode == "RGB" and image.size == size
+
+
+def test_transparency_is_laid_on_white():
+    assert to_rgb(Image.new("RGBA", (4, 4), (255, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.new("RGBA", (4, 4), (255, 0, 0, 255))).getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    image = Image.new("RGB", (60, 20), (0, 0, 255))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees clockwise
+    path = saved(tmp_path, image, "rotated.jpg", exif=exif)
+    assert load_image(path).size == (20, 60)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_common_formats_load(tmp_path, fmt):
+    path = saved(tmp_path, Image.new("RGB", (32, 24), (10, 200, 30)), f"pic.{fmt.lower()}", format=fmt)
+    assert load_image(path).size == (32, 24)
+
+
+def test_bad_files_are_refused_with_the_reason(tmp_path):
+    good = io.BytesIO()
+    Image.new("RGB", (200, 200), (1, 2, 3)).save(good, format="PNG")
+    cases = {
+        "missing.png": (None, "no such file"),
+        "empty.png": (b"", "the file is empty"),
+        "notes.png": (b"this is not an image\n" * 20, "not an image file"),
+        "truncated.png": (good.getvalue()[: len(good.getvalue()) // 2], "cannot decode"),
+        "bomb.png": (png_with_header_size(100_000, 100_000), "decompression"),
+        "big.png": (png_with_header_size(9000, 7000), "9000x7000 is 63 million pixels"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / name
+        if data is not None:
+            path.write_bytes(data)
+        with pytest.raises(UserError, match=message) as error:
+            load_image(path)
+        assert "\n" not in str(error.value) and name in str(error.value)
+    with pytest.raises(UserError, match="not a file"):
+        load_image(tmp_path)
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    Image.effect_noise((300, 300), 50).convert("RGB").save(buffer, format="JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[:2000])
+    with pytest.raises(UserError, match="cut.jpg: cannot decode"):
+        load_image(path)
