@@ -33,11 +33,15 @@ def byte_tokenizer(alphabet: str | None = None) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for char in alphabet if alphabet is not None else pre_tokenizers.ByteLevel.alphabet():
         vocab.setdefault(char, len(vocab))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    return wrap_tokenizer(Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>")))
+
+
+def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    """Byte-level pre-tokenizer and decoder, LLaVA's special tokens, BOS added: a transformers tokenizer."""
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIAL_TOKENS)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>", model_max_length=1024)
 

@@ -17,7 +17,7 @@ COLOURS = {
     "purple": (140, 60, 180), "orange": (245, 135, 20), "black": (25, 25, 25), "white": (250, 250, 250),
 }
 KINDS = ("circle", "square", "triangle", "star")
-SIZES = {"small": 0.11, "large": 0.2}  # radius as a share of the image side
+SIZES = {"small": 0.1, "large": 0.15}  # radius as a share of the image side
 BACKGROUNDS = {"grey": (150, 150, 150), "beige": (225, 215, 190), "light blue": (190, 215, 235)}
 
 
@@ -30,11 +30,17 @@ class Shape:
     y: float  # centre, 0..1 from the top
 
     @property
+    def cell(self) -> int:
+        """Which cell of the 3x3 grid holds the centre: 0 = top left ... 8 = bottom right."""
+        return min(2, int(self.y * 3)) * 3 + min(2, int(self.x * 3))
+
+    @property
     def position(self) -> str:
-        """Where the shape is, in words: one of nine regions of a 3x3 grid."""
-        row = ("top", "middle", "bottom")[min(2, int(self.y * 3))]
-        col = ("left", "centre", "right")[min(2, int(self.x * 3))]
-        return "centre" if (row, col) == ("middle", "centre") else f"{row} {col}"
+        """Where the shape is, as a short answer: "top left", "top", ..., "centre", ..."""
+        return POSITIONS[self.cell]
+
+
+POSITIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right")
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,9 @@ def random_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 4)
     for cell in cells:
         size = rng.choice(list(SIZES))
         margin = SIZES[size] + 0.02
-        cx = (cell % 3 + 0.5) / 3 + rng.uniform(-0.06, 0.06)
-        cy = (cell // 3 + 0.5) / 3 + rng.uniform(-0.06, 0.06)
+        # jitter small enough that neighbours never touch: 2 * (0.15 + 0.01) < 1/3
+        cx = (cell % 3 + 0.5) / 3 + rng.uniform(-0.01, 0.01)
+        cy = (cell // 3 + 0.5) / 3 + rng.uniform(-0.01, 0.01)
         shapes.append(Shape(kind=rng.choice(KINDS), colour=rng.choice(list(COLOURS)), size=size,
                             x=min(max(cx, margin), 1 - margin), y=min(max(cy, margin), 1 - margin)))
     background = rng.choice(list(BACKGROUNDS))
@@ -63,13 +70,22 @@ def draw_scene(scene: Scene, size: int = 128) -> Image.Image:
     image = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(image)
     for shape in scene.shapes:
-        _draw_shape(draw, shape, size)
+        outline = (0, 0, 0) if shape.colour != "black" else (90, 90, 90)
+        draw_shape(draw, shape, size, COLOURS[shape.colour], outline)
     return image
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, side: int) -> None:
+def object_mask(scene: Scene, size: int) -> Image.Image:
+    """Mode "L" image: pixel value i + 1 where shape i is drawn, 0 on the background."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    for i, shape in enumerate(scene.shapes):
+        draw_shape(draw, shape, size, i + 1, i + 1)
+    return mask
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, side: int, fill, outline) -> None:
     cx, cy, r = shape.x * side, shape.y * side, SIZES[shape.size] * side
-    fill, outline = COLOURS[shape.colour], (0, 0, 0) if shape.colour != "black" else (90, 90, 90)
     if shape.kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline)
     elif shape.kind == "square":

@@ -1,0 +1,111 @@
+"""The report of a toy target: held-out accuracy per question family against blind baselines,
+description facts with the right image and with a wrong one, and the per-token decode time."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from mmvsd.config import DecodeConfig
+from mmvsd.decoding import autoregressive_generate
+from mmvsd.toyworld.data import truth_from_json
+from mmvsd.toyworld.facts import fact_scores, stated_facts, truth_facts
+from mmvsd.toyworld.language import SHORT_ANSWER, SINGLE_WORD
+
+SCENE_FAMILIES = ("count", "count_kind", "colour", "shape", "position", "size", "background")
+POPE_FAMILIES = ("pope_random", "pope_popular", "pope_adversarial")
+
+
+def normalize(answer: str) -> str:
+    return " ".join(answer.lower().strip().rstrip(".").split())
+
+
+def generate(target, image, prompt: str, max_new_tokens: int) -> tuple[str, list]:
+    steps = list(autoregressive_generate(target, target.encode(image, prompt, max_new_tokens),
+                                         DecodeConfig(max_new_tokens=max_new_tokens)))
+    return target.decode([t for s in steps for t in s.tokens]).strip(), steps
+
+
+def question_items(data: Path, split: str) -> dict[str, list[dict]]:
+    """family -> [{image, prompt, answer}] from the saved VQAv2, ChartQA and POPE datasets."""
+    from datasets import load_from_disk
+
+    items = defaultdict(list)
+    for row in load_from_disk(str(data / "vqav2"))[split]:
+        items[row["family"]].append({"image": row["image"], "prompt": row["question"] + SHORT_ANSWER,
+                                     "answer": row["multiple_choice_answer"]})
+    for row in load_from_disk(str(data / "chartqa"))[split]:
+        items[row["family"]].append({"image": row["image"], "prompt": row["question"] + SINGLE_WORD,
+                                     "answer": row["answer"]})
+    for row in load_from_disk(str(data / "pope"))[split]:
+        items[f"pope_{row['category']}"].append({"image": row["image"], "prompt": row["question"] + SHORT_ANSWER,
+                                                 "answer": row["answer"]})
+    return items
+
+
+def evaluate_target(target, data: Path, per_family: int, n_descriptions: int) -> dict:
+    from datasets import load_from_disk
+    from tqdm import tqdm
+
+    test, train = question_items(data, "test"), question_items(data, "train")
+    families = {}
+    todo = [(family, items[:per_family]) for family, items in sorted(test.items())]
+    bar = tqdm(total=sum(len(items) for _, items in todo), desc="evaluating", unit="question", dynamic_ncols=True)
+    for family, items in todo:
+        right = shuffled = 0
+        for i, item in enumerate(items):
+            right += normalize(generate(target, item["image"], item["prompt"], 8)[0]) == normalize(item["answer"])
+            other = items[(i + 1) % len(items)]["image"]  # the same question about another image
+            shuffled += normalize(generate(target, other, item["prompt"], 8)[0]) == normalize(item["answer"])
+            bar.update()
+        majority = Counter(normalize(x["answer"]) for x in train[family]).most_common(1)[0][0]
+        families[family] = {"n": len(items), "accuracy": right / len(items),
+                            "shuffled_image_accuracy": shuffled / len(items),
+                            "majority_answer_accuracy": sum(normalize(x["answer"]) == majority for x in items) / len(items)}
+    bar.close()
+
+    rows = load_from_disk(str(data / "descriptions"))["test"].select(range(n_descriptions))
+    facts, blind, samples = [], [], []
+    for i, row in enumerate(tqdm(rows, desc="describing", unit="image", dynamic_ncols=True)):
+        truth, chart = truth_from_json(row["truth"]), row["kind"] == "chart"
+        text, _ = generate(target, row["image"], row["prompt"], 200)
+        facts.append(fact_scores(stated_facts(text, chart), truth_facts(truth))["f1"])
+        other = rows[(i + 1) % len(rows)]["image"]
+        blind.append(fact_scores(stated_facts(generate(target, other, row["prompt"], 200)[0], chart),
+                                 truth_facts(truth))["f1"])
+        if len(samples) < 3 and (not samples or samples[-1]["kind"] != row["kind"]):
+            samples.append({"kind": row["kind"], "prompt": row["prompt"], "reference": row["description"],
+                            "generated": text})
+    mean = statistics.mean
+    return {
+        "families": families,
+        "summary": {
+            "shapes": mean(families[f]["accuracy"] for f in SCENE_FAMILIES if f in families),
+            "pope": mean(families[f]["accuracy"] for f in POPE_FAMILIES if f in families),
+            "chart_values": families.get("chart_value", {}).get("accuracy"),
+            "charts": mean(v["accuracy"] for f, v in families.items() if f.startswith("chart_")),
+            "shapes_shuffled_image": mean(families[f]["shuffled_image_accuracy"] for f in SCENE_FAMILIES
+                                          if f in families),
+            "description_fact_f1": mean(facts),
+            "description_fact_f1_wrong_image": mean(blind),
+        },
+        "descriptions": samples,
+        "decode_ms_per_token": decode_ms_per_token(target, rows[0]["image"], rows[0]["prompt"]),
+    }
+
+
+def decode_ms_per_token(target, image, prompt: str, steps: int = 40) -> float:
+    """Median time of one target decode step (batch 1, KV cache, after the prompt), EOS or not."""
+    import time
+
+    import torch
+
+    encoded = target.encode(image, prompt, steps)
+    target.prefill(encoded)
+    token, depth0, times = encoded.input_ids[-1:], torch.zeros(1, dtype=torch.long), []  # any token will do
+    for _ in range(steps):
+        start = time.perf_counter()
+        target.forward(token, depth0)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[5:])

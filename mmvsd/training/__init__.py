@@ -1,0 +1,1 @@
+"""Shared training pieces: optimiser and schedule, atomic checkpoints, losses."""
