@@ -20,9 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
 	touch $@
 
-# The main job: benchmark speculative decoding against the target alone.
+# The main job, on the toy world: build (once) the toy-s target, then benchmark speculative
+# decoding against it alone on fresh toy images.
 run: venv
-	$(PY) -m mmvsd.bench target=tiny-random drafter=eagle json=runs/bench.json
+	$(PY) -m mmvsd.zoo build toy-s
+	$(PY) -m mmvsd.bench target=toy-s drafter=eagle json=runs/bench.json
 
 # Fast tests (pytest exit code 5, "no tests collected", counts as success).
 test: venv

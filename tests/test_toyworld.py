@@ -170,3 +170,23 @@ def test_patch_targets_mark_the_objects():
     values = targets_for(chart, 128, 8).patch["value"].reshape(8, 8)
     assert set(values[0].tolist()) == {0, 3, 9, 1} and (values == values[0]).all()  # a column shares its value
     assert torch.tensor(targets.patch["kind"]).dtype == torch.int64
+
+
+def test_set_targets_state_each_fact_once_and_leave_ambiguous_ones_out():
+    from mmvsd.toyworld.scenes import KINDS, Scene, Shape
+    from mmvsd.toyworld.vision import IGNORE, OBJECTS
+
+    scene = Scene((Shape("triangle", "red", "small", 0.15, 0.15), Shape("triangle", "blue", "large", 0.85, 0.85),
+                   Shape("circle", "red", "large", 0.5, 0.5)), "grey")
+    s = targets_for(scene, 128, 8).set_
+    assert s["present"].sum() == 3 and s["present"][OBJECTS.index(("blue", "triangle"))] == 1
+    assert s["colour_of_kind"][KINDS.index("triangle")] == IGNORE  # two triangles: "which colour?" has no answer
+    assert s["colour_of_kind"][KINDS.index("square")] == 0  # no square
+    assert s["count_of_kind"].tolist() == [1, 0, 2, 0]
+    assert s["cell_of_object"][OBJECTS.index(("blue", "triangle"))] == 1 + 8  # bottom right
+    assert s["colour_at_cell"][4] > 0 and s["colour_at_cell"][1] == 0
+    chart = Chart("bar", "Sales", ("Mon", "Tue", "Wed"), (3, 9, 3), ("red", "blue", "green"))
+    c = targets_for(chart, 128, 8).set_
+    assert c["value_of_label"].tolist().count(0) == len(c["value_of_label"]) - 3
+    assert c["lowest"][0] == IGNORE and c["highest"][0] > 0  # a tie has no lowest label
+    assert (s["value_of_label"] == IGNORE).all() and (c["present"] == IGNORE).all()

@@ -16,8 +16,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def load_target(name: str, dtype: str = "float32", device: str = "cpu", download: bool = False) -> LlavaTarget:
-    """Load a LLaVA-1.5 target by id. Hub ids are read from the local cache unless `download`."""
+    """Load a LLaVA-1.5 target by id. Hub ids are read from the local cache unless `download`;
+    `toy-s` / `toy-m` are built under $MMVSD_HOME on first use (minutes, with a progress bar)."""
     torch_dtype = DTYPES[dtype]
+    if name in TOY_TARGETS:
+        return LlavaTarget(*_from_pretrained(str(_toy_folder(name)), torch_dtype, device, False), name)
     if name == "tiny-random":
         from mmvsd.models.tiny import build_tiny_random
 
@@ -26,12 +29,28 @@ def load_target(name: str, dtype: str = "float32", device: str = "cpu", download
     return LlavaTarget(*_from_pretrained(_resolve(name), torch_dtype, device, download), name)
 
 
+TOY_TARGETS = ("toy-s", "toy-m")
+
+
+def _toy_folder(name: str) -> Path:
+    import sys
+
+    from mmvsd.toyworld.build import TOY_SPECS, build_target, is_built, target_dir
+
+    spec = TOY_SPECS[name]
+    if not is_built(spec):
+        print(f"{name} is not built yet under {target_dir(name)}: building it now "
+              f"(once; `python -m mmvsd.zoo build {name}` does the same)", file=sys.stderr)
+        build_target(spec, log=lambda m: print(m, file=sys.stderr))
+    return target_dir(name)
+
+
 def _resolve(name: str) -> str:
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if name.startswith(("/", ".", "~")) or name.count("/") != 1:
         raise UserError(f"target {name!r}: no such folder, and not a hub id (owner/name); "
-                        "use tiny-random, a local folder or a hub id such as llava-hf/llava-1.5-7b-hf")
+                        "use tiny-random, toy-s, toy-m, a local folder or a hub id such as llava-hf/llava-1.5-7b-hf")
     return name
 
 

@@ -34,32 +34,35 @@ BUILD_VERSION = 1
 class ToySpec:
     name: str
     seed: int
-    vision_hidden: int
-    vision_layers: int
     hidden: int
     layers: int
     intermediate: int
-    tower_steps: int
     lm_steps: int
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    tower_steps: int = 1500
     image_size: int = 128
     patch_size: int = 16
     head_dim: int = 32
     vocab_size: int = 1024
     tower_batch: int = 32
-    tower_lr: float = 2e-3
+    tower_lr: float = 3e-3
     lm_batch: int = 16
-    lm_lr: float = 1e-3
-    describe_from: float = 0.25  # share of the LM steps trained on short questions only
-    describe_share: float = 0.35  # then: share of conversations that start with a description
+    lm_lr: float = 2e-3
+    # Descriptions from the start (measured, toy-s dims, 800 steps): each states ~10 image facts in
+    # a row, and mixing them in from step 0 rather than after a questions-only phase raised shape
+    # questions from 34% to 53% and description fact F1 from 0.23 to 0.27.
+    describe_from: float = 0.0  # share of the LM steps trained on short questions only
+    describe_share: float = 0.5  # then: share of conversations that start with a description
+    questions_per_image: int = 8
     eval_per_family: int = 40
     eval_descriptions: int = 24
 
 
+# Both share one pretrained tower (same fields), as LLaVA models of every size share one CLIP.
 TOY_SPECS = {
-    "toy-s": ToySpec("toy-s", seed=0, vision_hidden=96, vision_layers=3, hidden=192, layers=4, intermediate=512,
-                     tower_steps=400, lm_steps=500),
-    "toy-m": ToySpec("toy-m", seed=0, vision_hidden=128, vision_layers=4, hidden=256, layers=12, intermediate=768,
-                     tower_steps=800, lm_steps=1500),
+    "toy-s": ToySpec("toy-s", seed=0, hidden=192, layers=4, intermediate=512, lm_steps=500),
+    "toy-m": ToySpec("toy-m", seed=0, hidden=192, layers=8, intermediate=512, lm_steps=1200),
 }
 
 
@@ -75,6 +78,18 @@ def data_dir(home: Path | None = None) -> Path:
     from mmvsd.toyworld.data import DATA_VERSION
 
     return (home or mmvsd_home()) / "toyworld" / f"data-v{DATA_VERSION}"
+
+
+TOWER_FIELDS = ("seed", "vision_hidden", "vision_layers", "image_size", "patch_size", "head_dim", "tower_steps",
+                "tower_batch", "tower_lr")
+
+
+def tower_dir(spec: ToySpec, home: Path | None = None) -> Path:
+    """Where the pretrained tower of `spec` is kept: named by everything that determines it."""
+    from mmvsd.toyworld.data import DATA_VERSION
+
+    key = "-".join(f"{getattr(spec, f)}" for f in TOWER_FIELDS)
+    return (home or mmvsd_home()) / "toyworld" / f"tower-v{BUILD_VERSION}.{DATA_VERSION}-{key}"
 
 
 def is_built(spec: ToySpec, home: Path | None = None) -> bool:
@@ -112,8 +127,7 @@ def build_target(spec: ToySpec, home: Path | None = None, log=print) -> Path:
     start = time.time()
     work = out.with_name(f".{spec.name}.work")
     work.mkdir(parents=True, exist_ok=True)
-    data = ensure_datasets(home, spec.image_size, log)
-    builder = _Builder(spec, work, data, log)
+    builder = _Builder(spec, work, home or mmvsd_home(), log)
     builder.pretrain_tower()
     curve = builder.train_language_model()
     report = builder.evaluate()
@@ -131,10 +145,12 @@ def build_target(spec: ToySpec, home: Path | None = None, log=print) -> Path:
 
 
 class _Builder:
-    def __init__(self, spec: ToySpec, work: Path, data: Path, log):
+    def __init__(self, spec: ToySpec, work: Path, home: Path, log):
         from mmvsd.models.tiny import llava_processor
 
-        self.spec, self.work, self.data, self.log = spec, work, data, log
+        self.spec, self.work, self.log = spec, work, log
+        self.data = ensure_datasets(home, spec.image_size, log)
+        self.tower_folder = tower_dir(spec, home)
         self.tokenizer = self._tokenizer()
         self.processor = llava_processor(self.tokenizer, spec.image_size, spec.patch_size)
         self.model = self._new_model()
@@ -184,6 +200,8 @@ class _Builder:
     # ---------------------------------------------------------------- stage 2: the vision tower
 
     def pretrain_tower(self) -> None:
+        """Pretrain the CLIP tower once per home and tower spec (toy-s and toy-m share it, as LLaVA
+        models of every size share one CLIP), then load it into this model."""
         from mmvsd.toyworld.data import random_sample
         from mmvsd.toyworld.vision import TowerPretrainer, collate_targets, targets_for
 
@@ -192,19 +210,24 @@ class _Builder:
         with torch.random.fork_rng():
             torch.manual_seed(s.seed + 1)
             pretrainer = TowerPretrainer(self.model.model.vision_tower)
+        done = self.tower_folder / "tower.pt"
+        if not done.is_file():
+            def batch(step: int):
+                rng = random.Random(f"{s.seed}-tower-{step}")
+                samples = [random_sample(rng, s.image_size) for _ in range(s.tower_batch)]
+                return self._pixels([x.image for x in samples]), collate_targets(
+                    [targets_for(x.truth, s.image_size, grid) for x in samples])
 
-        def batch(step: int):
-            rng = random.Random(f"{s.seed}-tower-{step}")
-            samples = [random_sample(rng, s.image_size) for _ in range(s.tower_batch)]
-            return self._pixels([x.image for x in samples]), collate_targets(
-                [targets_for(x.truth, s.image_size, grid) for x in samples])
+            def loss(b):
+                value, accuracy = pretrainer(*b)
+                return value, {k: accuracy.get(k, 0) for k in ("kind", "present", "colour_of_kind", "value_of_label")}
 
-        def loss(b):
-            value, accuracy = pretrainer(*b)
-            return value, {"colour": accuracy.get("colour", 0), "kind": accuracy.get("kind", 0),
-                           "value": accuracy.get("value", 0)}
-
-        _train("vision tower", pretrainer, s.tower_steps, batch, loss, s.tower_lr, self.work / "tower.pt")
+            self.tower_folder.mkdir(parents=True, exist_ok=True)
+            partial = self.tower_folder / "partial.pt"
+            _train("vision tower", pretrainer, s.tower_steps, batch, loss, s.tower_lr, partial)
+            atomic_torch_save({"model": pretrainer.state_dict()}, done)
+            partial.unlink()
+        pretrainer.load_state_dict(load_checkpoint(done)["model"])
 
     # ---------------------------------------------------------------- stage 3: projector + LM
 
@@ -219,7 +242,7 @@ class _Builder:
             rng = random.Random(f"{s.seed}-{stream}-{step}")
             samples = [random_sample(rng, s.image_size) for _ in range(s.lm_batch)]
             share = s.describe_share if step >= switch or stream != "lm" else 0.0
-            return self._collate(samples, [training_conversation(x, rng, share) for x in samples])
+            return self._collate(samples, [training_conversation(x, rng, share, s.questions_per_image) for x in samples])
 
         held_out = batch(0, stream="control")
         rng = random.Random(f"{s.seed}-questions")

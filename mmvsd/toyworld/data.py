@@ -72,12 +72,13 @@ def training_conversation(sample: Sample, rng: random.Random, describe_share: fl
                           max_questions: int = 5) -> list[tuple[str, str]]:
     """Turns about one image: up to `max_questions` short questions, and with probability
     `describe_share` a description first. Short questions carry lmms-eval's answer-format suffix
-    half the time."""
+    half the time. Many questions per image are cheap supervision: the image tokens, most of the
+    sequence, are paid for once."""
     turns = []
     if rng.random() < describe_share:
         turns.append((rng.choice(DESCRIBE_PROMPTS), description(sample, rng)))
-    pool = questions(sample, rng)
-    for qa in rng.sample(pool, min(len(pool), rng.randint(0 if turns else 1, max_questions))):
+    pool = list({qa.question: qa for qa in questions(sample, rng) + questions(sample, rng)}.values())
+    for qa in rng.sample(pool, min(len(pool), rng.randint(0 if turns else max(1, max_questions // 2), max_questions))):
         suffix = rng.choice(["", SINGLE_WORD if sample.is_chart else SHORT_ANSWER])
         turns.append((qa.question + suffix, qa.answer))
     return turns

@@ -1,0 +1,144 @@
+"""The toy targets: deterministic builds, the zoo CLI, and (slow) that toy-s really looks at images."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmvsd.toyworld.build import TOY_SPECS, build_target, data_dir, is_built
+from mmvsd.toyworld.data import build_datasets
+
+MICRO = dataclasses.replace(TOY_SPECS["toy-s"], name="micro-a", vision_hidden=32, vision_layers=1, hidden=64,
+                            layers=1, intermediate=128, tower_steps=3, lm_steps=3, tower_batch=4, lm_batch=4,
+                            eval_per_family=1, eval_descriptions=1)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A $MMVSD_HOME whose toy-world datasets are small, so that builds take seconds."""
+    home = tmp_path_factory.mktemp("mmvsd-home")
+    folder = data_dir(home)
+    build_datasets(folder, seed=0, image_size=128, sizes={"train": 80, "validation": 4, "test": 12})
+    (folder / "done").write_text("ok\n")
+    return home
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_same_seed_same_weights_other_seed_other_weights(home):
+    a = build_target(MICRO, home, log=lambda m: None)
+    b = build_target(dataclasses.replace(MICRO, name="micro-b"), home, log=lambda m: None)
+    c = build_target(dataclasses.replace(MICRO, name="micro-c", seed=1), home, log=lambda m: None)
+    wa, wb, wc = weights(a), weights(b), weights(c)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+    assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+    report = json.loads((a / "report.json").read_text())
+    assert {"families", "summary", "descriptions", "decode_ms_per_token", "training_curve"} <= report.keys()
+    assert is_built(MICRO, home) and not (home / "targets" / ".micro-a.work").exists()
+
+
+def test_a_built_folder_loads_through_the_llava_adapter(home):
+    from transformers import LlavaForConditionalGeneration
+
+    from mmvsd.models import load_target
+    from mmvsd.toyworld.data import random_sample
+
+    folder = build_target(MICRO, home, log=lambda m: None)  # already built: found, not rebuilt
+    target = load_target(str(folder))
+    assert isinstance(target.model, LlavaForConditionalGeneration)
+    import random
+
+    sample = random_sample(random.Random(0), 128)
+    encoded = target.encode(sample.image, "Describe the image. ¿Qué es? 画像 😀", 4)
+    assert target.decode(encoded.input_ids.tolist()).count("😀") == 1
+
+
+def zoo(*args, home=None):
+    env = {"MMVSD_HOME": str(home)} if home else {}
+    import os
+
+    return subprocess.run([sys.executable, "-m", "mmvsd.zoo", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "expected `build NAME` or `list`"),
+    (("build",), "name a target to build"),
+    (("build", "toy-xl"), "unknown toy target 'toy-xl'"),
+    (("build", "toy-s", "forse=true"), "unknown key"),
+])
+def test_zoo_refuses_bad_commands_in_one_line(args, message, tmp_path):
+    result = zoo(*args, home=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_zoo_list_says_what_is_built(home):
+    result = zoo("list", home=home)
+    assert result.returncode == 0, result.stderr
+    assert "toy-s" in result.stdout and "toy-m" in result.stdout and "not built" in result.stdout
+
+
+# ------------------------------------------------------------------ the real toy-s (slow: builds it once)
+
+@pytest.fixture(scope="module")
+def toy_s():
+    from mmvsd.models import load_target
+
+    return load_target("toy-s")
+
+
+@pytest.mark.slow
+def test_toy_s_beats_image_blind_answers_on_held_out_questions(toy_s):
+    """The same questions about the right image and about another one: only looking gets them right."""
+    from mmvsd.toyworld.evaluate import generate, normalize, question_items
+
+    items = question_items(data_dir(), "test")
+    right = blind = n = 0
+    for family in ("count", "background", "size"):
+        batch = items[family][:30]
+        for i, item in enumerate(batch):
+            right += normalize(generate(toy_s, item["image"], item["prompt"], 6)[0]) == normalize(item["answer"])
+            other = batch[(i + 1) % len(batch)]["image"]
+            blind += normalize(generate(toy_s, other, item["prompt"], 6)[0]) == normalize(item["answer"])
+            n += 1
+    assert right / n > blind / n + 0.15, (right, blind, n)
+
+
+@pytest.mark.slow
+def test_image_blind_descriptions_get_the_facts_wrong(toy_s):
+    """Why vision matters: the facts in a description (colours, counts, values, ...) come from the
+    image; the target describing another image states fluent but wrong facts."""
+    from datasets import load_from_disk
+
+    from mmvsd.toyworld.data import truth_from_json
+    from mmvsd.toyworld.evaluate import generate
+    from mmvsd.toyworld.facts import fact_scores, stated_facts, truth_facts
+
+    rows = load_from_disk(str(data_dir() / "descriptions"))["test"].select(range(12))
+    seeing, blind = [], []
+    for i, row in enumerate(rows):
+        truth, chart = truth_from_json(row["truth"]), row["kind"] == "chart"
+        text = generate(toy_s, row["image"], row["prompt"], 160)[0]
+        wrong = generate(toy_s, rows[(i + 1) % len(rows)]["image"], row["prompt"], 160)[0]
+        seeing.append(fact_scores(stated_facts(text, chart), truth_facts(truth))["f1"])
+        blind.append(fact_scores(stated_facts(wrong, chart), truth_facts(truth))["f1"])
+    assert sum(seeing) / len(seeing) > sum(blind) / len(blind) + 0.1, (seeing, blind)
+
+
+@pytest.mark.slow
+def test_bench_accepts_the_toy_target(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "mmvsd.bench", "target=toy-s", "drafter=eagle", "n=2",
+                             "max_new_tokens=24", f"json={out}"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["identical_outputs"] is True and report["n_prompts"] == 2
