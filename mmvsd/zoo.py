@@ -40,6 +40,11 @@ def format_report(name: str, report: dict) -> str:
               f"  description facts F1 {summary['description_fact_f1']:.2f} "
               f"(with a wrong image {summary['description_fact_f1_wrong_image']:.2f})",
               f"  decode {report['decode_ms_per_token']:.1f} ms/token; built in {report['build_seconds'] / 60:.1f} min"]
+    if "description_words" in report:
+        w = report["description_words"]
+        lines.insert(-1, f"  next word of reference descriptions (teacher forced): image words "
+                         f"{w['image_words_right_image']:.1%} (wrong image {w['image_words_wrong_image']:.1%}), "
+                         f"other words {w['other_words_right_image']:.1%} ({w['other_words_wrong_image']:.1%})")
     for sample in report["descriptions"]:
         lines += [f"  [{sample['kind']}] {sample['prompt']}", f"    target:    {sample['generated']}",
                   f"    reference: {sample['reference']}"]

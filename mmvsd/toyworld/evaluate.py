@@ -91,8 +91,45 @@ def evaluate_target(target, data: Path, per_family: int, n_descriptions: int) ->
             "description_fact_f1_wrong_image": mean(blind),
         },
         "descriptions": samples,
+        "description_words": description_word_accuracy(target, rows),
         "decode_ms_per_token": decode_ms_per_token(target, rows[0]["image"], rows[0]["prompt"]),
     }
+
+
+def image_words() -> frozenset[str]:
+    """The words of a description that only the image can tell."""
+    from mmvsd.toyworld.charts import CHART_COLOURS, LABELS, TITLES
+    from mmvsd.toyworld.language import NUMBER_WORDS, WHERE
+    from mmvsd.toyworld.scenes import BACKGROUNDS, COLOURS, KINDS, SIZES
+
+    words = {*COLOURS, *CHART_COLOURS, *SIZES, *LABELS, *TITLES, *NUMBER_WORDS, "bar", "line"}
+    words |= {w for phrase in [*BACKGROUNDS, *WHERE] for w in phrase.split()}
+    words |= {k for kind in KINDS for k in (kind, kind + "s")} | {str(n) for n in range(10)}
+    return frozenset(w.lower() for w in words)
+
+
+def description_word_accuracy(target, rows) -> dict[str, float]:
+    """Teacher-forced next-token accuracy over reference descriptions, split into image words
+    (colours, counts, values, labels, ...: see `image_words`) and the rest, with the right image
+    and with another image. What a drafter faces: an image-blind guess gets the template right
+    and the image words wrong."""
+    import torch
+
+    words = image_words()
+    hits = {(kind, image): [0, 0] for kind in ("image_words", "other_words") for image in ("right", "wrong")}
+    for i, row in enumerate(rows):
+        reference = target.tokenizer(" " + row["description"], add_special_tokens=False)["input_ids"]
+        for image, picture in (("right", row["image"]), ("wrong", rows[(i + 1) % len(rows)]["image"])):
+            prompt = target.encode(picture, row["prompt"], len(reference))
+            first = target.prefill(prompt).logits.argmax().item()
+            rest, _ = target.forward(torch.tensor(reference[:-1], device=target.device),
+                                     torch.arange(len(reference) - 1, device=target.device))
+            predicted = [first, *rest.argmax(-1).tolist()]
+            for gold, guess in zip(reference, predicted):
+                kind = "image_words" if target.tokenizer.decode([gold]).strip().lower() in words else "other_words"
+                hits[kind, image][0] += gold == guess
+                hits[kind, image][1] += 1
+    return {f"{kind}_{image}_image": round(right / max(total, 1), 4) for (kind, image), (right, total) in hits.items()}
 
 
 def decode_ms_per_token(target, image, prompt: str, steps: int = 40) -> float:
