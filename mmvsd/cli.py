@@ -165,8 +165,9 @@ def help_text(cls: type, prog: str, doc: str, recipes: bool = False) -> str:
         names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         lines += [f"recipes ({RECIPES_DIR}): {', '.join(names) or 'none'}", ""]
     lines.append("keys:")
-    for key, tp, default, text in _describe(cls, ""):
-        lines.append(f"  {key}={default!s:<14} {text}  [{tp}]")
+    rows = [(f"{key}={default!s}", text, tp) for key, tp, default, text in _describe(cls, "")]
+    width = max(len(setting) for setting, _, _ in rows)
+    lines += [f"  {setting:<{width}}  {text}  [{tp}]" for setting, text, tp in rows]
     return "\n".join(lines)
 
 

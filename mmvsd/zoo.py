@@ -1,10 +1,11 @@
 """`python -m mmvsd.zoo`: build or find the toy world's targets.
 
-    python -m mmvsd.zoo build toy-s      # for tests and CI: a few minutes on 2 cores
-    python -m mmvsd.zoo build toy-m      # for benchmarks and the demo: deeper, slower per token
+    python -m mmvsd.zoo build toy-s      # for tests and CI: ~9 min on 2 cores
+    python -m mmvsd.zoo build toy-m      # for benchmarks and the demo: 8 layers, ~25 min on 2 cores
     python -m mmvsd.zoo list             # what is built, where, and its held-out accuracy
 
-Targets live under $MMVSD_HOME/targets (default ~/.cache/mmvsd). A build is deterministic from
+Targets live under $MMVSD_HOME/targets (default ~/.cache/mmvsd), next to the toy-world datasets
+and the pretrained vision tower they share (built by the first build). A build is deterministic from
 its seed, resumes if interrupted, prints a report (held-out accuracy per question family next
 to blind baselines, sample descriptions, per-token decode time) and prints the folder last.
 """
