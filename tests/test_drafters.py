@@ -20,12 +20,13 @@ def first_tree(target, drafter, prompt):
     return drafter.propose(prefill.hidden, tokens, TreeConfig())
 
 
-def test_save_and_load_round_trip(tmp_path, tiny_target, rng):
-    drafter = build_drafter("eagle", tiny_target, seed=5)
+@pytest.mark.parametrize("kind", ["eagle", "msd", "vispec"])
+def test_save_and_load_round_trip(tmp_path, tiny_target, rng, kind):
+    drafter = build_drafter(kind, tiny_target, seed=5)
     folder = save_drafter(drafter, tmp_path / "drafter")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
-    assert config["kind"] == "eagle" and config["target"] == tiny_target.fingerprint()
+    assert config["kind"] == kind and config["target"] == tiny_target.fingerprint()
     loaded = load_drafter(str(folder), tiny_target)
     for key, value in drafter.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key])
@@ -33,7 +34,7 @@ def test_save_and_load_round_trip(tmp_path, tiny_target, rng):
     prompt = tiny_target.encode(random_image(rng), random_prompt(rng))
     a, b = first_tree(tiny_target, drafter, prompt), first_tree(tiny_target, loaded, prompt)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)
-    save_drafter(build_drafter("eagle", tiny_target, seed=6), folder)  # overwriting leaves one clean folder
+    save_drafter(build_drafter(kind, tiny_target, seed=6), folder)  # overwriting leaves one clean folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drafter"]
 
 
@@ -64,3 +65,43 @@ def test_unknown_kind_or_path(tiny_target):
         load_drafter("vispecc", tiny_target)
     with pytest.raises(UserError, match="unknown drafter kind"):
         build_drafter("nope", tiny_target)
+
+
+def test_msd_reads_the_image_embeddings_and_eagle_does_not(tiny_target, rng):
+    """Same weights, two images: MSD's tree changes with the image through its embeddings; an
+    EAGLE drafter sees the image only through target features of the text after it."""
+    from mmvsd.drafters.msd import MsdDrafter
+
+    drafter = build_drafter("msd", tiny_target, seed=1)
+    assert isinstance(drafter, MsdDrafter)
+    prompt = tiny_target.encode(random_image(rng), "describe")
+    prefill = tiny_target.prefill(prompt)
+    drafter.begin(prompt.input_ids, prefill)
+    tokens = torch.cat([prompt.input_ids[1:], prefill.logits.argmax()[None]])
+    with torch.inference_mode():  # as in decoding
+        x, positions = drafter.embed_pairs(prefill.hidden, tokens)
+    image_pairs = prompt.input_ids[1:] == tiny_target.image_token_id
+    assert torch.equal(x[: len(image_pairs)][image_pairs], prefill.image_embeds)
+    assert positions.tolist() == list(range(1, len(tokens) + 1))
+
+
+def test_vispec_compresses_each_image_and_starts_as_eagle(tiny_target, rng):
+    from mmvsd.drafters.vispec import VispecDrafter
+
+    drafter = build_drafter("vispec", tiny_target, seed=1)
+    assert isinstance(drafter, VispecDrafter)
+    prompt = tiny_target.encode(random_image(rng), "describe the image")
+    prefill = tiny_target.prefill(prompt)
+    drafter.begin(prompt.input_ids, prefill)
+    tokens = torch.cat([prompt.input_ids[1:], prefill.logits.argmax()[None]])
+    with torch.inference_mode():
+        x, positions = drafter.embed_pairs(prefill.hidden, tokens)
+        h, e = prefill.hidden[-3:], tokens[-3:]
+        fused, plain = drafter.fuse(h, e), drafter.fc(torch.cat([h, drafter.embed_tokens(e)], -1))
+    n_image = tiny_target.num_image_tokens
+    assert len(x) == len(tokens) - n_image + 1  # the image's tokens become one compressed token
+    assert positions.tolist() == sorted(positions.tolist()) and positions[-1] == len(tokens)
+    last_image = int((prompt.input_ids[1:] == tiny_target.image_token_id).nonzero().max()) + 1
+    assert last_image in positions.tolist()  # the compressed token keeps the image's last position
+    assert drafter.image_feature.abs().sum() > 0  # g comes from the image
+    assert torch.allclose(fused, plain)  # img_fc starts as [I | 0]: the plain EAGLE fusion

@@ -61,10 +61,11 @@ def cases(n: int, seed: int):
     return [(random_image(rng), random_prompt(rng)) for _ in range(n)]
 
 
+@pytest.mark.parametrize("kind", ["eagle", "msd", "vispec"])
 @pytest.mark.parametrize("tree", [TreeConfig(), TreeConfig(depth=3, top_k=2, total_tokens=6),
                                   TreeConfig(depth=7, top_k=10, total_tokens=60), TreeConfig(1, 1, 1)])
-def test_untrained_drafter_is_lossless(tiny_target, tree):
-    drafter = build_drafter("eagle", tiny_target, seed=3)
+def test_untrained_drafter_is_lossless(tiny_target, tree, kind):
+    drafter = build_drafter(kind, tiny_target, seed=3)
     cfg = DecodeConfig(max_new_tokens=MAX_NEW, tree=tree)
     for image, text in cases(6, seed=tree.depth):
         prompt = tiny_target.encode(image, text)

@@ -18,18 +18,21 @@ from safetensors.torch import load_file, save_file
 
 from mmvsd.drafters.base import DrafterSpec
 from mmvsd.drafters.eagle import EagleDrafter
+from mmvsd.drafters.msd import MsdDrafter
+from mmvsd.drafters.vispec import VispecDrafter
 from mmvsd.errors import UserError
 
 __all__ = ["DRAFTERS", "DrafterSpec", "build_drafter", "load_drafter", "save_drafter"]
 
-DRAFTERS: dict[str, type] = {"eagle": EagleDrafter}
+DRAFTERS: dict[str, type] = {"eagle": EagleDrafter, "msd": MsdDrafter, "vispec": VispecDrafter}
+DEFAULT_EXTRA = {"vispec": {"num_queries": 2}}  # ViSpec's default: one compressed token + g per image
 
 
 def build_drafter(kind: str, target, seed: int = 0) -> EagleDrafter:
     """An untrained drafter of `kind`, sized for `target`, seeded."""
     if kind not in DRAFTERS:
         raise UserError(f"unknown drafter kind {kind!r}; known kinds: {', '.join(DRAFTERS)}")
-    return _instantiate(DrafterSpec.for_target(kind, target), target, seed)
+    return _instantiate(DrafterSpec.for_target(kind, target, **DEFAULT_EXTRA.get(kind, {})), target, seed)
 
 
 def _instantiate(spec: DrafterSpec, target, seed: int = 0) -> EagleDrafter:

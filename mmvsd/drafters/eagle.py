@@ -32,6 +32,7 @@ class EagleDrafter(nn.Module):
         self.frozen = (embed_tokens, lm_head)
         self.cache = KVCache()
         self.stable = 0  # rows of the cache that hold accepted context (the rest is draft scratch)
+        self.position = 0  # position of the newest accepted pair (rows and positions differ for ViSpec)
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -49,11 +50,17 @@ class EagleDrafter(nn.Module):
 
     def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> None:
         self.cache = KVCache()
-        self.stable = 0
+        self.stable = self.position = 0
+
+    def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drafter inputs [m, H] for new (feature, token) pairs [n, H], [n], and their positions [m].
+        Pair i sits at position `self.position + 1 + i`, the position of its token."""
+        positions = torch.arange(1, len(tokens) + 1, device=tokens.device) + self.position
+        return self.fuse(features, tokens), positions
 
     @torch.inference_mode()
     def propose(self, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
-        root_hidden = self._catch_up(self.fuse(features, tokens))  # [H]
+        root_hidden = self._catch_up(*self.embed_pairs(features, tokens))  # [H]
         grower = TreeGrower(int(tokens[-1]), tree.top_k)
         frontier = grower.expand([0], self._logp(root_hidden[None]))
         hidden = {0: root_hidden}  # drafter output of every processed node, read by its children
@@ -65,14 +72,14 @@ class EagleDrafter(nn.Module):
         self.cache.truncate(self.stable)
         return grower.tree(tree.total_tokens)
 
-    def _catch_up(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the accepted pairs [n, H] into the cache; return the output at the last one."""
+    def _catch_up(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Run the accepted inputs [n, H] at `positions` [n] into the cache; return the last output."""
         n, device = x.shape[0], x.device
-        positions = torch.arange(self.stable + 1, self.stable + n + 1, device=device)
         allowed = torch.ones(n, self.stable + n, dtype=torch.bool, device=device)
         allowed[:, self.stable:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
         out = self.layer(x[None], positions[None], allowed[None, None], self.cache)
         self.stable += n
+        self.position = int(positions[-1])
         return out[0, -1]
 
     def _forward_nodes(self, grower: TreeGrower, nodes: list[int], hidden: dict, rows: dict) -> torch.Tensor:
@@ -81,7 +88,7 @@ class EagleDrafter(nn.Module):
         parent_hidden = torch.stack([hidden[grower.parents[i]] for i in nodes])
         tokens = torch.tensor([grower.tokens[i] for i in nodes], device=device)
         depths = [_depth(grower, i) for i in nodes]
-        positions = torch.tensor(depths, device=device) + self.stable
+        positions = torch.tensor(depths, device=device) + self.position
         scratch = len(rows)
         allowed = torch.zeros(len(nodes), self.stable + scratch + len(nodes), dtype=torch.bool, device=device)
         allowed[:, : self.stable] = True

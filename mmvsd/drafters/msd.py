@@ -1,0 +1,34 @@
+"""The MSD drafter (Lin et al. 2025, "Speculative Decoding Reimagined for Multimodal Large
+Language Models", arXiv 2505.14260).
+
+The EAGLE drafter with one change in how the prompt is read: at image positions the drafter's
+input is the target's own projected image embedding, taken as it is (no fusion with target
+hidden states, which at image positions carry little about the next token), so the visual
+tokens enter the drafter as plain context. Text positions use the EAGLE fusion. The paper trains
+it text-first, then on multimodal data (a curriculum; see mmvsd.train).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmvsd.drafters.eagle import EagleDrafter
+from mmvsd.models.llava import PrefillOutput
+
+
+class MsdDrafter(EagleDrafter):
+    kind = "msd"
+
+    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> None:
+        super().begin(input_ids, prefill)
+        # Pair t is (f_{t-1}, x_t): it is an image pair when x_t is an image token.
+        self.pending_image = (prefill.image_mask[1:], prefill.image_embeds)
+
+    def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, positions = super().embed_pairs(features, tokens)
+        if self.pending_image is not None:  # the prompt's pairs: put the image embeddings in
+            mask, embeds = self.pending_image
+            self.pending_image = None
+            x = x.clone()
+            x[: len(mask)][mask] = embeds.to(x.dtype)
+        return x, positions

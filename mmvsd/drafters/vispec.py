@@ -1,0 +1,99 @@
+"""The ViSpec drafter (Kang et al. 2025, "ViSpec: Accelerating Vision-Language Models with
+Vision-Aware Speculative Decoding", arXiv 2509.15235).
+
+The EAGLE drafter plus two ways of seeing the image without carrying all its tokens:
+- an image adaptor: learned queries cross-attend to one image's embeddings and return
+  `num_queries` vectors; all but the last replace the image's tokens in the drafter's sequence
+  (they keep the positions of the image span's last tokens, so later text keeps its original
+  positions), and the last is the image's global feature g;
+- every later text input mixes g into the target feature, h' = img_fc([h ; g]), through a
+  layer initialised to pass h through unchanged, so a drafter trained without images starts
+  out as exactly the plain EAGLE drafter.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mmvsd.drafters.base import DrafterSpec
+from mmvsd.drafters.eagle import EagleDrafter
+from mmvsd.models.llava import PrefillOutput
+
+
+class ImageAdaptor(nn.Module):
+    """Multi-head cross-attention from learned queries to an image's embeddings, no positions."""
+
+    def __init__(self, hidden: int, heads: int, num_queries: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.queries = nn.Parameter(torch.randn(heads, num_queries, self.head_dim) * self.head_dim ** -0.5)
+        self.k = nn.Linear(hidden, hidden, bias=False)
+        self.v = nn.Linear(hidden, hidden, bias=False)
+        self.o = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """[n, H] image embeddings -> [num_queries, H]."""
+        n = image.shape[0]
+        k = self.k(image).view(n, self.heads, self.head_dim).transpose(0, 1)  # [heads, n, d]
+        v = self.v(image).view(n, self.heads, self.head_dim).transpose(0, 1)
+        out = F.scaled_dot_product_attention(self.queries.to(image.dtype), k, v)  # [heads, Q, d]
+        return self.o(out.transpose(0, 1).reshape(-1, self.heads * self.head_dim))
+
+
+class VispecDrafter(EagleDrafter):
+    kind = "vispec"
+
+    def __init__(self, spec: DrafterSpec, embed_tokens: nn.Embedding, lm_head: nn.Linear):
+        super().__init__(spec, embed_tokens, lm_head)
+        h = spec.hidden_size
+        self.adaptor = ImageAdaptor(h, spec.num_heads, spec.extra.get("num_queries", 2))
+        self.img_fc = nn.Linear(2 * h, h)
+        with torch.no_grad():  # h' = h at the start: [I | 0], no bias
+            self.img_fc.weight.zero_()
+            self.img_fc.weight[:, :h].copy_(torch.eye(h))
+            self.img_fc.bias.zero_()
+        self.image_feature = torch.zeros(h)  # g: zero until an image has been read
+
+    def fuse(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        g = self.image_feature.to(features.dtype).expand_as(features)
+        return super().fuse(self.img_fc(torch.cat([features, g], dim=-1)), tokens)
+
+    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> None:
+        super().begin(input_ids, prefill)
+        self.image_feature = torch.zeros(self.spec.hidden_size, device=prefill.hidden.device)
+        self.pending_image = (prefill.image_mask[1:], prefill.image_embeds)  # pair t is (f_{t-1}, x_t)
+
+    def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pending_image is None:
+            return super().embed_pairs(features, tokens)
+        mask, embeds = self.pending_image
+        self.pending_image = None
+        positions = torch.arange(1, len(tokens) + 1, device=tokens.device) + self.position
+        inputs, kept = [], []
+        start, used = 0, 0
+        for a, b in _runs(mask.tolist()) + [(len(tokens), len(tokens))]:
+            if a > start:  # text pairs before this image, reading the latest g
+                inputs.append(self.fuse(features[start:a], tokens[start:a]))
+                kept.append(positions[start:a])
+            if b > a:
+                summary = self.adaptor(embeds[used:used + b - a].to(features.dtype))  # [Q, H]
+                used += b - a
+                inputs.append(summary[:-1])
+                kept.append(positions[b - len(summary) + 1:b])
+                self.image_feature = summary[-1]
+            start = b
+        return torch.cat(inputs), torch.cat(kept)
+
+
+def _runs(mask: list[bool]) -> list[tuple[int, int]]:
+    """[start, end) of every run of True."""
+    runs, start = [], None
+    for i, flag in enumerate(mask + [False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
