@@ -88,3 +88,38 @@ class BenchConfig:
     @property
     def decode(self) -> DecodeConfig:
         return DecodeConfig(self.max_new_tokens, self.temperature, self.top_p, self.seed, self.tree)
+
+
+@dataclass
+class TrainConfig:
+    """`python -m mmvsd.train recipe=NAME`: train a drafter on a target's own features."""
+
+    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | a local folder | a hub id")
+    drafter: str = opt("msd", "a drafter kind (eagle, msd, vispec) to start untrained, or a drafter folder")
+    output_dir: str | None = opt(None, "where the run is written (default runs/RECIPE or runs/train)")
+    steps: int = opt(300, "optimizer steps")
+    batch_size: int = opt(8, "conversations per micro-batch")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    lr: float = opt(1e-3, "peak learning rate (AdamW, linear warmup, cosine decay to 10%)")
+    warmup_steps: int = opt(20, "linear warmup steps")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    regression_weight: float = opt(1.0, "weight of the SmoothL1 feature regression")
+    token_weight: float = opt(0.1, "weight of the cross-entropy to the target's next-token distribution")
+    describe_share: float = opt(0.8, "share of conversations that are long descriptions (the rest short QA)")
+    seed: int = opt(0, "seed of the drafter's initialisation and of the data stream")
+    mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "accelerate mixed precision (bf16 on GPUs)")
+    checkpoint_every: int = opt(50, "steps between atomic checkpoints")
+    resume: bool = opt(False, "continue from output_dir/checkpoint.pt exactly where a killed run stopped")
+    eval_n: int = opt(8, "held-out toy images for eval.json (0 = skip)")
+    eval_max_new_tokens: int = opt(96, "tokens per held-out answer in eval.json")
+    tree: TreeConfig = opt(TreeConfig, "draft tree shape used by eval.json")
+    dtype: Dtype = opt("float32", "target weights dtype")
+    device: str = opt("cpu", "torch device for the target and drafter (accelerate picks it under launch)")
+    dry_run: bool = opt(False, "print the resolved config and exit")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
+            _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _require(0 <= self.describe_share <= 1, f"describe_share must be in [0, 1], got {self.describe_share}")
+        _require(self.eval_n >= 0, f"eval_n must be >= 0, got {self.eval_n}")

@@ -49,8 +49,28 @@ class EagleDrafter(nn.Module):
     # ---------------------------------------------------------------- decoding
 
     def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> None:
+        self.reset(prefill.image_mask[1:], prefill.image_embeds)  # pair t is (f_{t-1}, x_t)
+
+    def reset(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> None:
+        """Start a sequence whose first pairs are marked `image_pairs` [n] (True where the pair's
+        token is an image token), with the image's embeddings [n_img, H]. EAGLE ignores both."""
         self.cache = KVCache()
         self.stable = self.position = 0
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, image_pairs: torch.Tensor,
+                image_embeds: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced training pass: pairs [B, n, H], [B, n], image marks [B, n] and image
+        embeddings [B, n_img, H] -> predicted next target features [B, n, H], one per pair (at
+        pairs a drafter drops, e.g. ViSpec's image tokens, whatever lands there: no loss goes
+        there). Padding must come last: attention is causal."""
+        out = torch.zeros_like(features)
+        for b in range(features.shape[0]):
+            self.reset(image_pairs[b], image_embeds[b])
+            x, positions = self.embed_pairs(features[b], tokens[b])
+            y = self.layer(x[None], positions[None])[0]  # causal over the sequence
+            out[b, positions - 1] = y
+        self.reset(image_pairs[0, :0], image_embeds[0, :0])
+        return out
 
     def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drafter inputs [m, H] for new (feature, token) pairs [n, H], [n], and their positions [m].

@@ -13,16 +13,15 @@ from __future__ import annotations
 import torch
 
 from mmvsd.drafters.eagle import EagleDrafter
-from mmvsd.models.llava import PrefillOutput
 
 
 class MsdDrafter(EagleDrafter):
     kind = "msd"
+    pending_image = None
 
-    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> None:
-        super().begin(input_ids, prefill)
-        # Pair t is (f_{t-1}, x_t): it is an image pair when x_t is an image token.
-        self.pending_image = (prefill.image_mask[1:], prefill.image_embeds)
+    def reset(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> None:
+        super().reset(image_pairs, image_embeds)
+        self.pending_image = (image_pairs, image_embeds)  # read by the next embed_pairs
 
     def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, positions = super().embed_pairs(features, tokens)

@@ -19,7 +19,6 @@ from torch.nn import functional as F
 
 from mmvsd.drafters.base import DrafterSpec
 from mmvsd.drafters.eagle import EagleDrafter
-from mmvsd.models.llava import PrefillOutput
 
 
 class ImageAdaptor(nn.Module):
@@ -44,6 +43,7 @@ class ImageAdaptor(nn.Module):
 
 class VispecDrafter(EagleDrafter):
     kind = "vispec"
+    pending_image = None
 
     def __init__(self, spec: DrafterSpec, embed_tokens: nn.Embedding, lm_head: nn.Linear):
         super().__init__(spec, embed_tokens, lm_head)
@@ -60,10 +60,10 @@ class VispecDrafter(EagleDrafter):
         g = self.image_feature.to(features.dtype).expand_as(features)
         return super().fuse(self.img_fc(torch.cat([features, g], dim=-1)), tokens)
 
-    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> None:
-        super().begin(input_ids, prefill)
-        self.image_feature = torch.zeros(self.spec.hidden_size, device=prefill.hidden.device)
-        self.pending_image = (prefill.image_mask[1:], prefill.image_embeds)  # pair t is (f_{t-1}, x_t)
+    def reset(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> None:
+        super().reset(image_pairs, image_embeds)
+        self.image_feature = torch.zeros(self.spec.hidden_size, device=image_embeds.device)
+        self.pending_image = (image_pairs, image_embeds)  # read by the next embed_pairs
 
     def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pending_image is None:

@@ -31,7 +31,7 @@ def byte_tokenizer(alphabet: str | None = None) -> PreTrainedTokenizerFast:
     vocabulary lets tests enumerate a model's exact output distribution.
     """
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for char in alphabet if alphabet is not None else pre_tokenizers.ByteLevel.alphabet():
+    for char in alphabet if alphabet is not None else sorted(pre_tokenizers.ByteLevel.alphabet()):  # a set: fix its order
         vocab.setdefault(char, len(vocab))
     return wrap_tokenizer(Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>")))
 

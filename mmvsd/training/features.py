@@ -1,0 +1,66 @@
+"""Training batches for drafters: toy-world conversations, and the target's features on them.
+
+Features are computed online, one no-grad target pass per batch: the drafter learns the target's
+own next-token distribution at every answer position, whatever text the answer holds.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from mmvsd.data.conversations import IGNORE, encode_conversation
+
+
+@dataclass
+class DraftBatch:
+    """Pairs (h_{t-1}, x_t) for t = 1 .. T-1 and what the drafter should predict at each."""
+
+    features: torch.Tensor  # [B, n, H] target hidden states h_0 .. h_{n-1}
+    tokens: torch.Tensor  # [B, n] x_1 .. x_n
+    image_pairs: torch.Tensor  # [B, n] bool: the pair's token is an image token
+    image_embeds: torch.Tensor  # [B, n_img, H] the target's projected image embeddings
+    next_features: torch.Tensor  # [B, n] -> [B, n, H] h_1 .. h_n, the regression targets
+    next_logits: torch.Tensor  # [B, n, V] the target's logits at h_1 .. h_n
+    loss_mask: torch.Tensor  # [B, n] bool: h_t predicts an answer token
+
+
+def toy_conversations(target, seed: int, step: int, batch_size: int, describe_share: float,
+                      image_size: int = 128) -> dict[str, torch.Tensor]:
+    """A batch of fresh toy-world images with conversations about them, tokenized for `target`.
+    The images come from a stream of their own, apart from those the toy targets were trained on."""
+    from mmvsd.toyworld.build import pixel_values
+    from mmvsd.toyworld.data import random_sample, training_conversation
+
+    rng = random.Random(f"drafter-{seed}-{step}")
+    samples = [random_sample(rng, image_size) for _ in range(batch_size)]
+    encoded = [encode_conversation(target.tokenizer, training_conversation(x, rng, describe_share, 4),
+                                   target.image_token_id, target.num_image_tokens) for x in samples]
+    length = max(len(e.input_ids) for e in encoded)
+    pad = target.tokenizer.pad_token_id or 0
+    ids = torch.tensor([e.input_ids + [pad] * (length - len(e.input_ids)) for e in encoded])
+    labels = torch.tensor([e.labels + [IGNORE] * (length - len(e.labels)) for e in encoded])
+    mask = (torch.arange(length)[None] < torch.tensor([len(e.input_ids) for e in encoded])[:, None]).long()
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
+            "pixel_values": pixel_values([x.image for x in samples], target.processor.image_processor)}
+
+
+@torch.no_grad()
+def target_features(target, batch: dict[str, torch.Tensor]) -> DraftBatch:
+    """One target pass over a batch of conversations -> the drafter's inputs and targets."""
+    device, dtype = target.device, target.dtype
+    ids = batch["input_ids"].to(device)
+    out = target.model.model(input_ids=ids, pixel_values=batch["pixel_values"].to(device, dtype),
+                             attention_mask=batch["attention_mask"].to(device))
+    hidden = out.last_hidden_state  # [B, T, H], after the final norm: what the LM head reads
+    b, h = hidden.shape[0], hidden.shape[-1]
+    labels = batch["labels"].to(device)
+    # h_t predicts token t+1: pair j (predicting h_{j+1}) counts when token j+2 is an answer token.
+    predicts_answer = torch.zeros_like(labels[:, 1:], dtype=torch.bool)
+    predicts_answer[:, :-1] = labels[:, 2:] != IGNORE
+    return DraftBatch(features=hidden[:, :-1], tokens=ids[:, 1:], image_pairs=ids[:, 1:] == target.image_token_id,
+                      image_embeds=out.image_hidden_states.reshape(b, -1, h),
+                      next_features=hidden[:, 1:], next_logits=target.lm_head(hidden[:, 1:]).float(),
+                      loss_mask=predicts_answer)

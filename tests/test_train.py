@@ -1,0 +1,120 @@
+"""Drafter training: every recipe parses, a tiny run writes its folder, a killed run resumes
+exactly, the losses match a naive reference, and bad input is refused in one line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmvsd import cli
+from mmvsd.config import TrainConfig
+from mmvsd.train import run
+
+RECIPES = sorted(p.stem for p in cli.RECIPES_DIR.glob("*.yaml"))
+TINY = ["target=tiny-random", "describe_share=0", "batch_size=2", "eval_n=1", "eval_max_new_tokens=8",
+        "checkpoint_every=2"]
+
+
+def test_there_are_recipes():
+    assert {"toy_eagle", "toy_msd", "toy_vispec"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_parses_and_dry_runs(recipe, capsys):
+    cfg = cli.parse(TrainConfig, [f"recipe={recipe}"], cli.RECIPES_DIR)
+    assert cfg.output_dir and cfg.steps >= 1
+    header = (cli.RECIPES_DIR / f"{recipe}.yaml").read_text().splitlines()[:4]
+    assert any(f"python -m mmvsd.train recipe={recipe}" in line for line in header)  # says how to reproduce it
+    assert run([f"recipe={recipe}", "dry_run=true"]) == 0
+    assert f"output_dir: {cfg.output_dir}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["eagle", "msd", "vispec"])
+def test_a_tiny_run_writes_drafter_metrics_and_eval(tmp_path, kind):
+    out = tmp_path / "run"
+    assert run([*TINY, f"drafter={kind}", "steps=3", f"output_dir={out}"]) == 0
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoint.pt", "drafter", "eval.json"}
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3] and all(x["loss"] == x["loss"] for x in lines)  # not NaN
+    assert json.loads((out / "drafter" / "config.json").read_text())["kind"] == kind
+    report = json.loads((out / "eval.json").read_text())
+    assert report["identical_outputs"] is True and report["tau"] >= 1
+
+
+def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path):
+    import signal
+    import time
+
+    args = [*TINY, "drafter=msd", "steps=6", "eval_n=0"]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert run([*args, f"output_dir={straight}"]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "mmvsd.train", *args, f"output_dir={broken}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = broken / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # after step 3: the last checkpoint is step 2's
+    assert process.wait() == -signal.SIGKILL
+    assert torch.load(broken / "checkpoint.pt", weights_only=False)["step"] in (2, 4)
+    assert run([*args, f"output_dir={broken}", "resume=true"]) == 0
+    a, b = load_file(str(straight / "drafter/model.safetensors")), load_file(str(broken / "drafter/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (straight / "metrics.jsonl").read_text() == metrics.read_text()  # lines past the checkpoint redone once
+
+
+def test_losses_match_a_naive_reference():
+    from mmvsd.training.losses import drafter_losses
+
+    torch.manual_seed(0)
+    b, n, h, v = 2, 5, 8, 11
+    predicted, nxt, logits = torch.randn(b, n, h), torch.randn(b, n, h), torch.randn(b, n, v)
+    mask = torch.rand(b, n) > 0.4
+    head = torch.nn.Linear(h, v, bias=False)
+    loss, stats = drafter_losses(predicted, nxt, logits, mask, head, 1.0, 0.1)
+    reg = ce = 0.0
+    m = 0
+    for i in range(b):
+        for j in range(n):
+            if not mask[i, j]:
+                continue
+            diff = (predicted[i, j] - nxt[i, j]).abs()
+            reg += torch.where(diff < 1, 0.5 * diff ** 2, diff - 0.5).mean()
+            p, logq = torch.softmax(logits[i, j], -1), torch.log_softmax(head(predicted[i, j]), -1)
+            ce += -(p * logq).sum()
+            m += 1
+    assert torch.allclose(loss, reg / m + 0.1 * ce / m, atol=1e-5)
+    assert stats["regression"] == pytest.approx((reg / m).item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["recipe=toy_nope"], "recipe 'toy_nope' not found"),
+    (["recipe=toy_msd", "stepz=3"], "unknown key 'stepz'"),
+    (["recipe=toy_msd", "steps=many"], "steps"),
+    (["drafter=medusa", "target=tiny-random", "output_dir=OUT"], "not a folder and not a drafter kind"),
+    (["resume=true", "target=tiny-random", "output_dir=OUT"], "resume=true but"),
+])
+def test_bad_input_is_refused_in_one_line(args, message, tmp_path):
+    args = [a.replace("OUT", str(tmp_path / "r")) for a in args]
+    result = subprocess.run([sys.executable, "-m", "mmvsd.train", *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_a_drafter_for_another_target_is_refused_before_training(tmp_path):
+    from mmvsd.drafters import build_drafter, save_drafter
+    from mmvsd.models import load_target
+    from mmvsd.models.llava import LlavaTarget
+    from mmvsd.models.tiny import build_tiny_random
+
+    other = LlavaTarget(*build_tiny_random(hidden_size=96), "other")
+    folder = save_drafter(build_drafter("msd", other), tmp_path / "d")
+    load_target("tiny-random")
+    result = subprocess.run([sys.executable, "-m", "mmvsd.train", "target=tiny-random", f"drafter={folder}",
+                             f"output_dir={tmp_path / 'r'}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "trained for another target" in result.stderr
+    assert not Path(tmp_path / "r").exists()
