@@ -96,7 +96,10 @@ class TrainConfig:
 
     target: str = opt("toy-m", "tiny-random | toy-s | toy-m | a local folder | a hub id")
     drafter: str = opt("msd", "a drafter kind (eagle, msd, vispec) to start untrained, or a drafter folder")
-    output_dir: str | None = opt(None, "where the run is written (default runs/RECIPE or runs/train)")
+    output_dir: str | None = opt(None, "where the run is written (default runs/train)")
+    data: str | None = opt(None, "LLaVA/ShareGPT .json or target-answers .jsonl; default: fresh toy-world conversations")
+    image_folder: str | None = opt(None, "folder the data file's image paths are relative to (default: its folder)")
+    max_length: int = opt(2048, "conversations from a data file are cut to this many tokens")
     steps: int = opt(300, "optimizer steps")
     batch_size: int = opt(8, "conversations per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
@@ -118,7 +121,7 @@ class TrainConfig:
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "max_length"):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _require(0 <= self.describe_share <= 1, f"describe_share must be in [0, 1], got {self.describe_share}")

@@ -33,7 +33,7 @@ def main(cfg: TrainConfig) -> None:
     from mmvsd.drafters import load_drafter, save_drafter
     from mmvsd.models import load_target
     from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
-    from mmvsd.training.features import target_features, toy_conversations
+    from mmvsd.training.features import file_conversations, target_features, toy_conversations
     from mmvsd.training.losses import drafter_losses
     from mmvsd.training.optim import build_optimizer, lr_at, set_lr
 
@@ -44,6 +44,12 @@ def main(cfg: TrainConfig) -> None:
     if not cfg.resume and checkpoint.is_file():
         raise UserError(f"{out} already holds a run; pass resume=true to continue it, or another output_dir")
 
+    loaded = None
+    if cfg.data:  # read and checked before any model is loaded
+        from mmvsd.data.loaders import load_records
+
+        loaded = load_records(cfg.data, cfg.image_folder)
+        print(f"data {cfg.data}: {loaded.summary()}", file=sys.stderr)
     accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum)
     target = load_target(cfg.target, cfg.dtype, str(accelerator.device))
@@ -73,8 +79,11 @@ def main(cfg: TrainConfig) -> None:
         set_lr(optimizer, lr)
         for micro in range(cfg.grad_accum):
             with accelerator.accumulate(model):
-                batch = target_features(target, toy_conversations(
-                    target, cfg.seed, step * cfg.grad_accum + micro, cfg.batch_size, cfg.describe_share, image_size))
+                index = step * cfg.grad_accum + micro
+                conversations = toy_conversations(target, cfg.seed, index, cfg.batch_size, cfg.describe_share,
+                                                  image_size) if loaded is None else \
+                    file_conversations(target, loaded, cfg.seed, index, cfg.batch_size, cfg.max_length)
+                batch = target_features(target, conversations)
                 predicted = model(batch.features, batch.tokens, batch.image_pairs, batch.image_embeds)
                 loss, stats = drafter_losses(predicted, batch.next_features, batch.next_logits, batch.loss_mask,
                                              drafter.lm_head, cfg.regression_weight, cfg.token_weight)
@@ -93,6 +102,8 @@ def main(cfg: TrainConfig) -> None:
                                    "optimizer": optimizer.state_dict(), "step": step + 1}, checkpoint)
     if not accelerator.is_main_process:
         return
+    if loaded is not None and loaded.skipped:
+        print(f"data {cfg.data}: {loaded.summary()}", file=sys.stderr)
     folder = save_drafter(accelerator.unwrap_model(model).eval(), out / "drafter")
     print(f"drafter written to {folder}", file=sys.stderr)
     if cfg.eval_n:

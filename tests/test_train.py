@@ -20,7 +20,10 @@ TINY = ["target=tiny-random", "describe_share=0", "batch_size=2", "eval_n=1", "e
 
 
 def test_there_are_recipes():
-    assert {"toy_eagle", "toy_msd", "toy_vispec"} <= set(RECIPES)
+    assert {"toy_eagle", "toy_msd", "toy_vispec", "llava7b_msd", "llava7b_vispec", "llava13b_msd",
+            "llava13b_vispec"} <= set(RECIPES)
+    for name in ("fsdp", "deepspeed"):  # accelerate launch configs, named in the real recipes' headers
+        assert (cli.RECIPES_DIR / "accelerate" / f"{name}.yaml").is_file()
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -97,6 +100,7 @@ def test_losses_match_a_naive_reference():
     (["recipe=toy_msd", "steps=many"], "steps"),
     (["drafter=medusa", "target=tiny-random", "output_dir=OUT"], "not a folder and not a drafter kind"),
     (["resume=true", "target=tiny-random", "output_dir=OUT"], "resume=true but"),
+    (["recipe=llava7b_msd"], "data file data/llava_v1_5_mix665k.json: no such file"),  # before any model loads
 ])
 def test_bad_input_is_refused_in_one_line(args, message, tmp_path):
     args = [a.replace("OUT", str(tmp_path / "r")) for a in args]

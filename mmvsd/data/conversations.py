@@ -26,15 +26,16 @@ class Encoded:
 
 
 def encode_conversation(tokenizer, turns: list[tuple[str, str]], image_token_id: int,
-                        num_image_tokens: int) -> Encoded:
-    """Token ids and labels of a conversation about one image (the image goes in the first turn)."""
+                        num_image_tokens: int, image: bool = True) -> Encoded:
+    """Token ids and labels of a conversation about one image (the image goes in the first turn),
+    or of a text-only conversation when `image` is False."""
     def piece(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     ids, labels, weights = [tokenizer.bos_token_id], [IGNORE], [0.0]
     for i, (question, answer) in enumerate(turns):
-        user = piece("USER: ") + [image_token_id] * num_image_tokens + piece(f"\n{question} ASSISTANT:") if i == 0 \
-            else piece(f"USER: {question} ASSISTANT:")
+        user = piece("USER: ") + [image_token_id] * num_image_tokens + piece(f"\n{question} ASSISTANT:") \
+            if i == 0 and image else piece(f"USER: {question} ASSISTANT:")
         reply = piece(f" {answer}") + [tokenizer.eos_token_id]
         ids += user + reply
         labels += [IGNORE] * len(user) + reply

@@ -65,7 +65,7 @@ class EagleDrafter(nn.Module):
         there). Padding must come last: attention is causal."""
         out = torch.zeros_like(features)
         for b in range(features.shape[0]):
-            self.reset(image_pairs[b], image_embeds[b])
+            self.reset(image_pairs[b], image_embeds[b, : int(image_pairs[b].sum())])  # none for text-only
             x, positions = self.embed_pairs(features[b], tokens[b])
             y = self.layer(x[None], positions[None])[0]  # causal over the sequence
             out[b, positions - 1] = y

@@ -43,8 +43,46 @@ def toy_conversations(target, seed: int, step: int, batch_size: int, describe_sh
     ids = torch.tensor([e.input_ids + [pad] * (length - len(e.input_ids)) for e in encoded])
     labels = torch.tensor([e.labels + [IGNORE] * (length - len(e.labels)) for e in encoded])
     mask = (torch.arange(length)[None] < torch.tensor([len(e.input_ids) for e in encoded])[:, None]).long()
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "has_image": torch.ones(len(samples), dtype=torch.bool),
             "pixel_values": pixel_values([x.image for x in samples], target.processor.image_processor)}
+
+
+def file_conversations(target, loaded, seed: int, step: int, batch_size: int, max_length: int) -> dict[str, torch.Tensor]:
+    """A batch of records from a data file (`mmvsd.data.loaders`), in a seeded order that is a
+    function of the step (so a resumed run sees the same data). A record whose image cannot be
+    read is skipped, counted in `loaded.skipped`, and replaced by the next one."""
+    from mmvsd.errors import UserError
+    from mmvsd.images import load_image
+
+    order = list(range(len(loaded.records)))
+    random.Random(f"data-{seed}").shuffle(order)
+    encoded, images, has_image = [], [], []
+    position = step * batch_size
+    while len(encoded) < batch_size:
+        if position >= (step + 1) * batch_size + len(order):
+            raise UserError("no record of the data file could be used (every image failed to load)")
+        record = loaded.records[order[position % len(order)]]
+        position += 1
+        if record.image is not None:
+            try:
+                image = load_image(record.image)
+            except UserError:
+                loaded.skipped["unreadable image"] += 1
+                continue
+            images.append(image)
+        has_image.append(record.image is not None)
+        e = encode_conversation(target.tokenizer, record.turns, target.image_token_id, target.num_image_tokens,
+                                image=record.image is not None)
+        encoded.append((e.input_ids[:max_length], e.labels[:max_length]))
+    length = max(len(ids) for ids, _ in encoded)
+    pad = target.tokenizer.pad_token_id or 0
+    batch = {"input_ids": torch.tensor([ids + [pad] * (length - len(ids)) for ids, _ in encoded]),
+             "labels": torch.tensor([lab + [IGNORE] * (length - len(lab)) for _, lab in encoded]),
+             "attention_mask": torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids, _ in encoded]),
+             "has_image": torch.tensor(has_image)}
+    if images:
+        batch["pixel_values"] = target.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    return batch
 
 
 @torch.no_grad()
@@ -52,15 +90,19 @@ def target_features(target, batch: dict[str, torch.Tensor]) -> DraftBatch:
     """One target pass over a batch of conversations -> the drafter's inputs and targets."""
     device, dtype = target.device, target.dtype
     ids = batch["input_ids"].to(device)
-    out = target.model.model(input_ids=ids, pixel_values=batch["pixel_values"].to(device, dtype),
+    pixels = batch.get("pixel_values")
+    out = target.model.model(input_ids=ids, pixel_values=None if pixels is None else pixels.to(device, dtype),
                              attention_mask=batch["attention_mask"].to(device))
     hidden = out.last_hidden_state  # [B, T, H], after the final norm: what the LM head reads
     b, h = hidden.shape[0], hidden.shape[-1]
+    image_embeds = hidden.new_zeros(b, target.num_image_tokens, h)  # zeros for text-only conversations
+    if pixels is not None:
+        image_embeds[batch["has_image"].to(device)] = out.image_hidden_states.reshape(-1, target.num_image_tokens, h)
     labels = batch["labels"].to(device)
     # h_t predicts token t+1: pair j (predicting h_{j+1}) counts when token j+2 is an answer token.
     predicts_answer = torch.zeros_like(labels[:, 1:], dtype=torch.bool)
     predicts_answer[:, :-1] = labels[:, 2:] != IGNORE
     return DraftBatch(features=hidden[:, :-1], tokens=ids[:, 1:], image_pairs=ids[:, 1:] == target.image_token_id,
-                      image_embeds=out.image_hidden_states.reshape(b, -1, h),
+                      image_embeds=image_embeds,
                       next_features=hidden[:, 1:], next_logits=target.lm_head(hidden[:, 1:]).float(),
                       loss_mask=predicts_answer)

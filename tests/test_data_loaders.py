@@ -1,0 +1,83 @@
+"""Training data files: LLaVA conversations with images, ShareGPT, target answers; holes counted."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from mmvsd.data.loaders import load_records
+from mmvsd.errors import UserError
+from mmvsd.train import run
+
+
+@pytest.fixture
+def llava_file(tmp_path):
+    folder = tmp_path / "images"
+    (folder / "coco").mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "coco" / "a.jpg")
+    Image.new("L", (20, 50), 128).save(folder / "coco" / "b.png")
+    (folder / "coco" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    records = [
+        {"id": "1", "image": "coco/a.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is this?"}, {"from": "gpt", "value": "Red."},
+            {"from": "human", "value": "Is it bright?"}, {"from": "gpt", "value": "Yes, quite bright."}]},
+        {"id": "2", "image": "coco/b.png", "conversations": [
+            {"from": "human", "value": "Describe the image.\n<image>"}, {"from": "gpt", "value": "A grey field."}]},
+        {"id": "3", "image": "coco/missing.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Hello"}]},
+        {"id": "4", "image": "coco/a.jpg", "conversations": [{"from": "gpt", "value": "answer first"}]},
+        {"id": "5", "conversations": [{"from": "human", "value": "Just text, no image?"},
+                                      {"from": "gpt", "value": "Text works too."}]},
+        {"id": "6", "image": "coco/broken.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "Broken."}]},
+        "not a record",
+    ]
+    path = tmp_path / "mix.json"
+    path.write_text(json.dumps(records))
+    return path, folder
+
+
+def test_llava_records_are_read_and_holes_counted(llava_file):
+    path, folder = llava_file
+    loaded = load_records(path, folder)
+    assert len(loaded.records) == 4  # 1, 2, 5 and 6 (6's image only fails when decoded)
+    assert loaded.records[0].turns == [("What colour is this?", "Red."), ("Is it bright?", "Yes, quite bright.")]
+    assert loaded.records[1].turns[0][0] == "Describe the image."  # the placeholder is removed
+    assert loaded.records[2].image is None
+    assert loaded.skipped == {"missing image": 1, "malformed conversations": 1, "not an object": 1}
+    assert "4 records used" in loaded.summary()
+
+
+def test_sharegpt_and_target_answers(tmp_path):
+    share = tmp_path / "sharegpt.json"
+    share.write_text(json.dumps([{"id": "x", "conversations": [{"from": "human", "value": "Hi, 世界 😀"},
+                                                               {"from": "gpt", "value": "Hello!"}]}]))
+    assert load_records(share).records[0].image is None
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.png")
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"image": "p.png", "prompt": "Describe.", "answer": "Dark."}) + "\n\n"
+                       + json.dumps({"prompt": 3}) + "\n")
+    loaded = load_records(answers)
+    assert loaded.records[0].turns == [("Describe.", "Dark.")] and loaded.skipped["neither conversations nor prompt/answer"] == 1
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"), ("{not json", "not valid JSON"), ('{"a": 1}', "expected a list"),
+    ('[{"image": "nope.png", "prompt": "a", "answer": "b"}]', "no usable record (0 records used; skipped: 1 missing image)"),
+])
+def test_unusable_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "data.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_records(path)
+
+
+def test_training_on_a_llava_file_counts_what_it_skipped(llava_file, tmp_path, capsys):
+    path, folder = llava_file
+    out = tmp_path / "run"
+    assert run(["target=tiny-random", "drafter=msd", f"data={path}", f"image_folder={folder}", "steps=3",
+                "batch_size=3", "eval_n=0", f"output_dir={out}"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped: 1 missing image" in err and "unreadable image" in err  # the broken jpeg, found in a batch
+    assert (out / "drafter" / "model.safetensors").is_file()
