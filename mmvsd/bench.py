@@ -151,7 +151,46 @@ def run_bench(cfg: BenchConfig) -> dict:
         identical = base_tokens == spec_tokens if decode.temperature == 0 else None
         results.append(Result(request.name, request.prompt, target.decode(spec_tokens), identical,
                               metrics.tau(speculative), baseline_s, speculative_s, baseline, speculative))
-    return summarize(cfg, results, errors)
+    report = summarize(cfg, results, errors)
+    if cfg.assistant:
+        report["assisted"] = assisted_peer(cfg, target, [p for _, p in prompts], results)
+    return report
+
+
+def assisted_peer(cfg: BenchConfig, target, prompts: list, results: list[Result]) -> dict:
+    """transformers' own assisted generation (`generate(assistant_model=...)`) on the same inputs:
+    plain `generate` and assisted `generate`, both timed here, and assisted vs our target alone."""
+    from mmvsd.models import load_target
+
+    assistant = load_target(cfg.assistant, cfg.dtype, cfg.device, cfg.download)
+    if assistant.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+        raise UserError(f"assistant {cfg.assistant} has another tokenizer than target {cfg.target}; "
+                        "assisted generation needs the same vocabulary")
+    sample = {"do_sample": cfg.temperature > 0, **({"temperature": cfg.temperature, "top_p": cfg.top_p}
+                                                   if cfg.temperature > 0 else {})}
+
+    def generate(prompt, **kwargs) -> tuple[list[int], float]:
+        ids = prompt.input_ids[None]
+        start = time.perf_counter()
+        out = target.model.generate(input_ids=ids, pixel_values=prompt.pixel_values, attention_mask=torch.ones_like(ids),
+                                    max_new_tokens=cfg.max_new_tokens, **sample, **kwargs)
+        return out[0, ids.shape[1]:].tolist(), time.perf_counter() - start
+
+    generate(prompts[0], assistant_model=assistant.model)  # warm-up
+    plain_tokens = plain_s = assisted_tokens = assisted_s = 0
+    identical = []
+    for prompt, result in zip(prompts, results):
+        tokens, seconds = generate(prompt)
+        plain_tokens, plain_s = plain_tokens + len(tokens), plain_s + seconds
+        assisted, seconds = generate(prompt, assistant_model=assistant.model)
+        assisted_tokens, assisted_s = assisted_tokens + len(assisted), assisted_s + seconds
+        identical.append(assisted == tokens)
+    base_tps = sum(r.n_base_tokens for r in results) / sum(r.baseline_s for r in results)
+    assisted_tps = assisted_tokens / assisted_s
+    return {"assistant": cfg.assistant, "generate_tokens_per_s": plain_tokens / plain_s,
+            "assisted_tokens_per_s": assisted_tps, "speedup_vs_generate": assisted_tps / (plain_tokens / plain_s),
+            "speedup_vs_target_alone": assisted_tps / base_tps,
+            "identical_outputs": all(identical) if cfg.temperature == 0 else None}
 
 
 def summarize(cfg: BenchConfig, results: list[Result], errors: list[dict]) -> dict:
@@ -195,6 +234,12 @@ def print_report(report: dict) -> None:
                         f"{report['verify_step_ms'] / report['decode_step_ms']:.2f}x a decode step)"),
         ("draft step", f"{report['draft_step_ms']:.2f} ms (whole tree)"),
     ]
+    if "assisted" in report:
+        peer = report["assisted"]
+        rows.append(("assisted (peer)", f"{peer['assisted_tokens_per_s']:.1f} tokens/s with assistant {peer['assistant']}: "
+                                        f"{peer['speedup_vs_target_alone']:.2f}x vs target alone, "
+                                        f"{peer['speedup_vs_generate']:.2f}x vs plain generate "
+                                        f"({peer['generate_tokens_per_s']:.1f} tokens/s)"))
     print(f"mmvsd bench: target={report['target']} drafter={report['drafter']}")
     for label, value in rows:
         print(f"  {label:<20} {value}")

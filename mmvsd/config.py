@@ -76,6 +76,8 @@ class BenchConfig:
     seed: int = opt(0, "seed of the sampler and of the untrained drafter")
     tree: TreeConfig = opt(TreeConfig, "draft tree shape")
     json: str | None = opt(None, "write the results to this JSON file")
+    assistant: str | None = opt(None, "peer: also time transformers' assisted generation with this small "
+                                      "LLaVA (e.g. toy-s) as assistant_model, on the same inputs")
     dtype: Dtype = opt("float32", "weights and activations dtype")
     device: str = opt("cpu", "torch device, e.g. cpu or cuda")
     download: bool = opt(False, "allow fetching a hub id that is not in the local cache")

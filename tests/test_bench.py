@@ -109,3 +109,13 @@ def test_sampling_run_reports_no_identity_claim(tmp_path):
     bench.main(cfg)
     report = json.loads(out.read_text())
     assert report["identical_outputs"] is None and report["n_prompts"] == 2
+
+
+def test_assisted_generation_peer_runs_on_the_same_inputs(tmp_path):
+    """transformers' generate(assistant_model=...) as a peer: greedy, it must reproduce plain generate."""
+    out = tmp_path / "peer.json"
+    cfg = cli.parse(BenchConfig, ["n=2", "max_new_tokens=8", "assistant=tiny-random", f"json={out}"])
+    bench.main(cfg)
+    peer = json.loads(out.read_text())["assisted"]
+    assert peer["identical_outputs"] is True and peer["assisted_tokens_per_s"] > 0
+    assert peer["speedup_vs_target_alone"] > 0 and peer["assistant"] == "tiny-random"
