@@ -111,6 +111,8 @@ class TrainConfig:
     regression_weight: float = opt(1.0, "weight of the SmoothL1 feature regression")
     token_weight: float = opt(0.1, "weight of the cross-entropy to the target's next-token distribution")
     describe_share: float = opt(0.8, "share of conversations that are long descriptions (the rest short QA)")
+    text_first_steps: int = opt(0, "MSD curriculum: steps on text-only toy conversations first")
+    text_ramp_steps: int = opt(0, "MSD curriculum: then steps over which the image-bearing share grows to 1")
     seed: int = opt(0, "seed of the drafter's initialisation and of the data stream")
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "accelerate mixed precision (bf16 on GPUs)")
     checkpoint_every: int = opt(50, "steps between atomic checkpoints")
@@ -128,3 +130,7 @@ class TrainConfig:
         _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _require(0 <= self.describe_share <= 1, f"describe_share must be in [0, 1], got {self.describe_share}")
         _require(self.eval_n >= 0, f"eval_n must be >= 0, got {self.eval_n}")
+        _require(min(self.text_first_steps, self.text_ramp_steps) >= 0, "text_first_steps and text_ramp_steps must be >= 0")
+        _require(not (self.data and (self.text_first_steps or self.text_ramp_steps)),
+                 "the text-first curriculum applies to toy-world data; with data=FILE leave text_first_steps and "
+                 "text_ramp_steps at 0")

@@ -33,7 +33,7 @@ def main(cfg: TrainConfig) -> None:
     from mmvsd.drafters import load_drafter, save_drafter
     from mmvsd.models import load_target
     from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
-    from mmvsd.training.features import file_conversations, target_features, toy_conversations
+    from mmvsd.training.features import file_conversations, target_features, text_only_share, toy_conversations
     from mmvsd.training.losses import drafter_losses
     from mmvsd.training.optim import build_optimizer, lr_at, set_lr
 
@@ -80,8 +80,9 @@ def main(cfg: TrainConfig) -> None:
         for micro in range(cfg.grad_accum):
             with accelerator.accumulate(model):
                 index = step * cfg.grad_accum + micro
+                share = text_only_share(step, cfg.text_first_steps, cfg.text_ramp_steps)
                 conversations = toy_conversations(target, cfg.seed, index, cfg.batch_size, cfg.describe_share,
-                                                  image_size) if loaded is None else \
+                                                  image_size, share) if loaded is None else \
                     file_conversations(target, loaded, cfg.seed, index, cfg.batch_size, cfg.max_length)
                 batch = target_features(target, conversations)
                 predicted = model(batch.features, batch.tokens, batch.image_pairs, batch.image_embeds)
@@ -93,6 +94,8 @@ def main(cfg: TrainConfig) -> None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         record = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr, **{k: round(v, 5) for k, v in stats.items()}}
+        if cfg.text_first_steps or cfg.text_ramp_steps:
+            record["text_only_share"] = round(share, 4)
         bar.set_postfix(loss=f"{record['loss']:.3f}", top1=f"{stats['top1']:.2f}", refresh=False)
         if accelerator.is_main_process:
             with metrics_path.open("a") as f:

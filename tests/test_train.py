@@ -122,3 +122,16 @@ def test_a_drafter_for_another_target_is_refused_before_training(tmp_path):
                              f"output_dir={tmp_path / 'r'}"], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "trained for another target" in result.stderr
     assert not Path(tmp_path / "r").exists()
+
+
+def test_msd_curriculum_goes_from_text_only_to_multimodal(tmp_path):
+    from mmvsd.training.features import text_only_share
+
+    shares = [text_only_share(step, 3, 4) for step in range(9)]
+    assert shares[:3] == [1.0, 1.0, 1.0] and shares[-2:] == [0.0, 0.0]
+    assert all(a >= b for a, b in zip(shares, shares[1:])) and 0 < shares[4] < 1
+    out = tmp_path / "run"
+    assert run([*TINY, "drafter=msd", "steps=4", "text_first_steps=2", "text_ramp_steps=2", "eval_n=0",
+                f"output_dir={out}"]) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["text_only_share"] for x in lines] == [1.0, 1.0, 0.5, 0.0]

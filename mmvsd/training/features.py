@@ -28,23 +28,37 @@ class DraftBatch:
 
 
 def toy_conversations(target, seed: int, step: int, batch_size: int, describe_share: float,
-                      image_size: int = 128) -> dict[str, torch.Tensor]:
-    """A batch of fresh toy-world images with conversations about them, tokenized for `target`.
-    The images come from a stream of their own, apart from those the toy targets were trained on."""
+                      image_size: int = 128, text_share: float = 0.0) -> dict[str, torch.Tensor]:
+    """A batch of fresh toy-world images with conversations about them, tokenized for `target`;
+    a `text_share` of them without their image (text-only, as in MSD's first stage). The images
+    come from a stream of their own, apart from those the toy targets were trained on."""
     from mmvsd.toyworld.build import pixel_values
     from mmvsd.toyworld.data import random_sample, training_conversation
 
     rng = random.Random(f"drafter-{seed}-{step}")
     samples = [random_sample(rng, image_size) for _ in range(batch_size)]
+    has_image = [rng.random() >= text_share for _ in samples]
     encoded = [encode_conversation(target.tokenizer, training_conversation(x, rng, describe_share, 4),
-                                   target.image_token_id, target.num_image_tokens) for x in samples]
+                                   target.image_token_id, target.num_image_tokens, image=seen)
+               for x, seen in zip(samples, has_image)]
     length = max(len(e.input_ids) for e in encoded)
     pad = target.tokenizer.pad_token_id or 0
     ids = torch.tensor([e.input_ids + [pad] * (length - len(e.input_ids)) for e in encoded])
     labels = torch.tensor([e.labels + [IGNORE] * (length - len(e.labels)) for e in encoded])
     mask = (torch.arange(length)[None] < torch.tensor([len(e.input_ids) for e in encoded])[:, None]).long()
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "has_image": torch.ones(len(samples), dtype=torch.bool),
-            "pixel_values": pixel_values([x.image for x in samples], target.processor.image_processor)}
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "has_image": torch.tensor(has_image)}
+    if any(has_image):
+        images = [x.image for x, seen in zip(samples, has_image) if seen]
+        batch["pixel_values"] = pixel_values(images, target.processor.image_processor)
+    return batch
+
+
+def text_only_share(step: int, text_first_steps: int, text_ramp_steps: int) -> float:
+    """MSD's curriculum (Lin et al. 2025, arXiv 2505.14260): text-only conversations first, then a
+    linear ramp to fully multimodal ones."""
+    if step < text_first_steps:
+        return 1.0
+    return max(0.0, 1.0 - (step - text_first_steps + 1) / max(1, text_ramp_steps)) if text_ramp_steps else 0.0
 
 
 def file_conversations(target, loaded, seed: int, step: int, batch_size: int, max_length: int) -> dict[str, torch.Tensor]:
