@@ -81,3 +81,28 @@ def test_training_on_a_llava_file_counts_what_it_skipped(llava_file, tmp_path, c
     err = capsys.readouterr().err
     assert "skipped: 1 missing image" in err and "unreadable image" in err  # the broken jpeg, found in a batch
     assert (out / "drafter" / "model.safetensors").is_file()
+
+
+def test_target_written_answers_resume_and_train(tmp_path):
+    from mmvsd.data.answers import AnswersConfig, main
+
+    out = tmp_path / "answers"
+    main(AnswersConfig(target="tiny-random", out=str(out), n=2, max_new_tokens=6))
+    main(AnswersConfig(target="tiny-random", out=str(out), n=3, max_new_tokens=6))  # resumes: one more
+    lines = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert [x["image"] for x in lines] == ["images/000000.png", "images/000001.png", "images/000002.png"]
+    loaded = load_records(out / "answers.jsonl")
+    assert len(loaded.records) == 3 and all(r.image.is_file() for r in loaded.records)
+    assert run(["target=tiny-random", "drafter=vispec", f"data={out / 'answers.jsonl'}", "steps=2",
+                "batch_size=2", "eval_n=0", f"output_dir={tmp_path / 'run'}"]) == 0
+
+
+def test_answers_from_a_folder_skip_broken_images(tmp_path, capsys):
+    from mmvsd.data.answers import AnswersConfig, main
+
+    Image.new("RGB", (30, 20), (0, 90, 200)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    main(AnswersConfig(target="tiny-random", images=str(tmp_path), out=str(tmp_path / "out"), max_new_tokens=4))
+    lines = (tmp_path / "out" / "answers.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["image"].endswith("ok.png")
+    assert "1 images skipped" in capsys.readouterr().out
