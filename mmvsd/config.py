@@ -102,6 +102,8 @@ class TrainConfig:
     data: str | None = opt(None, "LLaVA/ShareGPT .json or target-answers .jsonl; default: fresh toy-world conversations")
     image_folder: str | None = opt(None, "folder the data file's image paths are relative to (default: its folder)")
     max_length: int = opt(2048, "conversations from a data file are cut to this many tokens")
+    target_answers: int = opt(0, "ViSpec-style data: first have the target describe this many fresh toy images "
+                                 "(greedy, kept in output_dir/answers, resumable) and train on its answers")
     steps: int = opt(300, "optimizer steps")
     batch_size: int = opt(8, "conversations per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
@@ -131,6 +133,8 @@ class TrainConfig:
         _require(0 <= self.describe_share <= 1, f"describe_share must be in [0, 1], got {self.describe_share}")
         _require(self.eval_n >= 0, f"eval_n must be >= 0, got {self.eval_n}")
         _require(min(self.text_first_steps, self.text_ramp_steps) >= 0, "text_first_steps and text_ramp_steps must be >= 0")
-        _require(not (self.data and (self.text_first_steps or self.text_ramp_steps)),
-                 "the text-first curriculum applies to toy-world data; with data=FILE leave text_first_steps and "
-                 "text_ramp_steps at 0")
+        _require(self.target_answers >= 0, f"target_answers must be >= 0, got {self.target_answers}")
+        _require(not (self.data and self.target_answers), "give either data=FILE or target_answers=N, not both")
+        _require(not ((self.data or self.target_answers) and (self.text_first_steps or self.text_ramp_steps)),
+                 "the text-first curriculum applies to toy-world conversations; with data=FILE or target_answers=N "
+                 "leave text_first_steps and text_ramp_steps at 0")

@@ -50,6 +50,16 @@ def main(cfg: TrainConfig) -> None:
 
         loaded = load_records(cfg.data, cfg.image_folder)
         print(f"data {cfg.data}: {loaded.summary()}", file=sys.stderr)
+    if cfg.target_answers:
+        from mmvsd.data.answers import AnswersConfig
+        from mmvsd.data.answers import main as write_answers
+        from mmvsd.data.loaders import load_records
+
+        answers = out / "answers"
+        write_answers(AnswersConfig(target=cfg.target, out=str(answers), n=cfg.target_answers,
+                                    max_new_tokens=cfg.eval_max_new_tokens * 2, seed=cfg.seed, dtype=cfg.dtype,
+                                    device=cfg.device))
+        loaded = load_records(answers / "answers.jsonl")
     accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum)
     target = load_target(cfg.target, cfg.dtype, str(accelerator.device))

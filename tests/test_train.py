@@ -135,3 +135,10 @@ def test_msd_curriculum_goes_from_text_only_to_multimodal(tmp_path):
                 f"output_dir={out}"]) == 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["text_only_share"] for x in lines] == [1.0, 1.0, 0.5, 0.0]
+
+
+def test_training_on_answers_the_target_writes_first(tmp_path):
+    out = tmp_path / "run"
+    assert run([*TINY, "drafter=vispec", "steps=2", "target_answers=3", "eval_n=0", f"output_dir={out}"]) == 0
+    lines = (out / "answers" / "answers.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and (out / "drafter" / "model.safetensors").is_file()
