@@ -24,12 +24,17 @@ class RMSNorm(nn.Module):
         return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype) * self.weight
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate-half RoPE as in Llama. x: [B, heads, T, hd]; positions: [B, T]."""
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos and sin of Llama's rotate-half RoPE at `positions` [B, T]: each [B, 1, T, head_dim / 2]."""
+    half = head_dim // 2
+    freqs = 1.0 / theta ** (torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    angles = positions[:, None, :, None].float() * freqs
+    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, heads, T, head_dim] by the tables of `rotary_tables`."""
     half = x.shape[-1] // 2
-    freqs = 1.0 / theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = positions[:, None, :, None].float() * freqs  # [B, 1, T, half]
-    cos, sin = torch.cos(angles).to(x.dtype), torch.sin(angles).to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
@@ -76,7 +81,8 @@ class DecoderLayer(nn.Module):
         None = causal over x alone; cache: keys/values of earlier rows, extended in place."""
         b, t, h = x.shape
         q, k, v = self.qkv(self.input_norm(x)).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+        cos, sin = rotary_tables(positions, self.head_dim, self.rope_theta, q.dtype)  # once for q and k
+        q, k = rotary(torch.cat([q, k], dim=1), cos, sin).split(self.num_heads, dim=1)
         if cache is not None:
             k, v = cache.append(k, v)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=allowed is None)
