@@ -116,7 +116,7 @@ def main(cfg: TrainConfig) -> None:
     if not accelerator.is_main_process:
         return
     if loaded is not None and loaded.skipped:
-        print(f"data {cfg.data}: {loaded.summary()}", file=sys.stderr)
+        print(f"data {cfg.data or out / 'answers' / 'answers.jsonl'}: {loaded.summary()}", file=sys.stderr)
     folder = save_drafter(accelerator.unwrap_model(model).eval(), out / "drafter")
     print(f"drafter written to {folder}", file=sys.stderr)
     if cfg.eval_n:
