@@ -50,21 +50,23 @@ def main(cfg: TrainConfig) -> None:
 
         loaded = load_records(cfg.data, cfg.image_folder)
         print(f"data {cfg.data}: {loaded.summary()}", file=sys.stderr)
-    if cfg.target_answers:
-        from mmvsd.data.answers import AnswersConfig
-        from mmvsd.data.answers import main as write_answers
-        from mmvsd.data.loaders import load_records
-
-        answers = out / "answers"
-        write_answers(AnswersConfig(target=cfg.target, out=str(answers), n=cfg.target_answers,
-                                    max_new_tokens=cfg.eval_max_new_tokens * 2, seed=cfg.seed, dtype=cfg.dtype,
-                                    device=cfg.device))
-        loaded = load_records(answers / "answers.jsonl")
     accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum)
     target = load_target(cfg.target, cfg.dtype, str(accelerator.device))
     target.model.requires_grad_(False)
     drafter = load_drafter(cfg.drafter, target, seed=cfg.seed)
+    if cfg.target_answers:  # after the drafter/target check: this is minutes of generation
+        from mmvsd.data.answers import AnswersConfig
+        from mmvsd.data.answers import main as write_answers
+        from mmvsd.data.loaders import load_records
+
+        answers = out / "answers"
+        if accelerator.is_main_process:
+            write_answers(AnswersConfig(target=cfg.target, out=str(answers), n=cfg.target_answers,
+                                        max_new_tokens=cfg.eval_max_new_tokens * 2, seed=cfg.seed, dtype=cfg.dtype,
+                                        device=str(accelerator.device)))
+        accelerator.wait_for_everyone()
+        loaded = load_records(answers / "answers.jsonl")
     optimizer = build_optimizer(drafter.parameters(), cfg.lr, cfg.weight_decay)
     start = 0
     if cfg.resume:
