@@ -28,7 +28,6 @@ from mmvsd.errors import UserError
 from mmvsd.images import load_image
 
 
-
 @dataclass
 class Request:
     name: str  # how the input is named in errors and results
@@ -179,7 +178,7 @@ def assisted_peer(cfg: BenchConfig, target, prompts: list, results: list[Result]
     generate(prompts[0], assistant_model=assistant.model)  # warm-up
     plain_tokens = plain_s = assisted_tokens = assisted_s = 0
     identical = []
-    for prompt, result in zip(prompts, results):
+    for prompt in prompts:
         tokens, seconds = generate(prompt)
         plain_tokens, plain_s = plain_tokens + len(tokens), plain_s + seconds
         assisted, seconds = generate(prompt, assistant_model=assistant.model)

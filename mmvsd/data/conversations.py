@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 IGNORE = -100  # label of a position that carries no loss
 
 
@@ -23,6 +25,20 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]  # IGNORE except on answer tokens and each answer's closing EOS
     weights: list[float]  # per token: 1/sqrt(answer length) on answers, 0 elsewhere (see below)
+
+
+def pad_batch(encoded: list[Encoded], pad_id: int, max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad conversations (cut to `max_length` first) into input_ids, labels, weights and
+    attention_mask tensors [B, T]."""
+    cut = [Encoded(e.input_ids[:max_length], e.labels[:max_length], e.weights[:max_length]) for e in encoded]
+    length = max(len(e.input_ids) for e in cut)
+
+    def pad(rows: list[list], value) -> torch.Tensor:
+        return torch.tensor([row + [value] * (length - len(row)) for row in rows])
+
+    return {"input_ids": pad([e.input_ids for e in cut], pad_id), "labels": pad([e.labels for e in cut], IGNORE),
+            "weights": pad([e.weights for e in cut], 0.0),
+            "attention_mask": pad([[1] * len(e.input_ids) for e in cut], 0)}
 
 
 def encode_conversation(tokenizer, turns: list[tuple[str, str]], image_token_id: int,

@@ -33,6 +33,7 @@ class EagleDrafter(nn.Module):
         self.cache = KVCache()
         self.stable = 0  # rows of the cache that hold accepted context (the rest is draft scratch)
         self.position = 0  # position of the newest accepted pair (rows and positions differ for ViSpec)
+        self.pending_image = None  # (image_pairs, image_embeds) of a new sequence, see reset
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -53,9 +54,11 @@ class EagleDrafter(nn.Module):
 
     def reset(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> None:
         """Start a sequence whose first pairs are marked `image_pairs` [n] (True where the pair's
-        token is an image token), with the image's embeddings [n_img, H]. EAGLE ignores both."""
+        token is an image token), with the image's embeddings [n_img, H]: kept for the next
+        `embed_pairs`, where vision-aware drafters read them (EAGLE does not)."""
         self.cache = KVCache()
         self.stable = self.position = 0
+        self.pending_image = (image_pairs, image_embeds)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, image_pairs: torch.Tensor,
                 image_embeds: torch.Tensor) -> torch.Tensor:

@@ -17,11 +17,6 @@ from mmvsd.drafters.eagle import EagleDrafter
 
 class MsdDrafter(EagleDrafter):
     kind = "msd"
-    pending_image = None
-
-    def reset(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> None:
-        super().reset(image_pairs, image_embeds)
-        self.pending_image = (image_pairs, image_embeds)  # read by the next embed_pairs
 
     def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, positions = super().embed_pairs(features, tokens)

@@ -43,7 +43,6 @@ class ImageAdaptor(nn.Module):
 
 class VispecDrafter(EagleDrafter):
     kind = "vispec"
-    pending_image = None
 
     def __init__(self, spec: DrafterSpec, embed_tokens: nn.Embedding, lm_head: nn.Linear):
         super().__init__(spec, embed_tokens, lm_head)
@@ -63,7 +62,6 @@ class VispecDrafter(EagleDrafter):
     def reset(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> None:
         super().reset(image_pairs, image_embeds)
         self.image_feature = torch.zeros(self.spec.hidden_size, device=image_embeds.device)
-        self.pending_image = (image_pairs, image_embeds)  # read by the next embed_pairs
 
     def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pending_image is None:

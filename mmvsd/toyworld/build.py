@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmvsd.data.conversations import IGNORE, encode_conversation
+from mmvsd.data.conversations import IGNORE, encode_conversation, pad_batch
 from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
 from mmvsd.training.optim import build_optimizer, lr_at, set_lr
 
@@ -279,14 +279,7 @@ class _Builder:
     def _collate(self, samples, conversations) -> dict[str, torch.Tensor]:
         encoded = [encode_conversation(self.tokenizer, turns, self.image_token_id, self.num_image_tokens)
                    for turns in conversations]
-        length = max(len(e.input_ids) for e in encoded)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([e.input_ids + [pad] * (length - len(e.input_ids)) for e in encoded])
-        labels = torch.tensor([e.labels + [IGNORE] * (length - len(e.labels)) for e in encoded])
-        mask = torch.tensor([[1] * len(e.input_ids) + [0] * (length - len(e.input_ids)) for e in encoded])
-        weights = torch.tensor([e.weights + [0.0] * (length - len(e.weights)) for e in encoded])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights,
-                "pixel_values": self._pixels([x.image for x in samples])}
+        return {**pad_batch(encoded, self.tokenizer.pad_token_id), "pixel_values": self._pixels([x.image for x in samples])}
 
     # ---------------------------------------------------------------- report
 

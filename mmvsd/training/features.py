@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmvsd.data.conversations import IGNORE, encode_conversation
+from mmvsd.data.conversations import IGNORE, encode_conversation, pad_batch
 
 
 @dataclass
@@ -41,12 +41,7 @@ def toy_conversations(target, seed: int, step: int, batch_size: int, describe_sh
     encoded = [encode_conversation(target.tokenizer, training_conversation(x, rng, describe_share, 4),
                                    target.image_token_id, target.num_image_tokens, image=seen)
                for x, seen in zip(samples, has_image)]
-    length = max(len(e.input_ids) for e in encoded)
-    pad = target.tokenizer.pad_token_id or 0
-    ids = torch.tensor([e.input_ids + [pad] * (length - len(e.input_ids)) for e in encoded])
-    labels = torch.tensor([e.labels + [IGNORE] * (length - len(e.labels)) for e in encoded])
-    mask = (torch.arange(length)[None] < torch.tensor([len(e.input_ids) for e in encoded])[:, None]).long()
-    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "has_image": torch.tensor(has_image)}
+    batch = {**pad_batch(encoded, target.tokenizer.pad_token_id or 0), "has_image": torch.tensor(has_image)}
     if any(has_image):
         images = [x.image for x, seen in zip(samples, has_image) if seen]
         batch["pixel_values"] = pixel_values(images, target.processor.image_processor)
@@ -85,15 +80,9 @@ def file_conversations(target, loaded, seed: int, step: int, batch_size: int, ma
                 continue
             images.append(image)
         has_image.append(record.image is not None)
-        e = encode_conversation(target.tokenizer, record.turns, target.image_token_id, target.num_image_tokens,
-                                image=record.image is not None)
-        encoded.append((e.input_ids[:max_length], e.labels[:max_length]))
-    length = max(len(ids) for ids, _ in encoded)
-    pad = target.tokenizer.pad_token_id or 0
-    batch = {"input_ids": torch.tensor([ids + [pad] * (length - len(ids)) for ids, _ in encoded]),
-             "labels": torch.tensor([lab + [IGNORE] * (length - len(lab)) for _, lab in encoded]),
-             "attention_mask": torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids, _ in encoded]),
-             "has_image": torch.tensor(has_image)}
+        encoded.append(encode_conversation(target.tokenizer, record.turns, target.image_token_id,
+                                           target.num_image_tokens, image=record.image is not None))
+    batch = {**pad_batch(encoded, target.tokenizer.pad_token_id or 0, max_length), "has_image": torch.tensor(has_image)}
     if images:
         batch["pixel_values"] = target.processor.image_processor(images, return_tensors="pt")["pixel_values"]
     return batch
