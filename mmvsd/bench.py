@@ -119,6 +119,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     requests = read_requests(cfg.data, cfg.n) if cfg.data else builtin_requests(cfg.n, cfg.seed)
     target = load_target(cfg.target, cfg.dtype, cfg.device, cfg.download)
     drafter = load_drafter(cfg.drafter, target, cfg.seed)
+    assistant = load_assistant(cfg, target) if cfg.assistant else None  # refused before any timing
     prompts = []
     for request in requests:
         if request.error is None:
@@ -152,19 +153,27 @@ def run_bench(cfg: BenchConfig) -> dict:
                               metrics.tau(speculative), baseline_s, speculative_s, baseline, speculative))
     report = summarize(cfg, results, errors)
     if cfg.assistant:
-        report["assisted"] = assisted_peer(cfg, target, [p for _, p in prompts], results)
+        report["assisted"] = assisted_peer(cfg, target, assistant, [p for _, p in prompts], results)
     return report
 
 
-def assisted_peer(cfg: BenchConfig, target, prompts: list, results: list[Result]) -> dict:
-    """transformers' own assisted generation (`generate(assistant_model=...)`) on the same inputs:
-    plain `generate` and assisted `generate`, both timed here, and assisted vs our target alone."""
+def load_assistant(cfg: BenchConfig, target):
+    """The small LLaVA for transformers' assisted generation; it must share the target's vocabulary."""
     from mmvsd.models import load_target
 
-    assistant = load_target(cfg.assistant, cfg.dtype, cfg.device, cfg.download)
+    try:
+        assistant = load_target(cfg.assistant, cfg.dtype, cfg.device, cfg.download)
+    except UserError as e:
+        raise UserError(f"assistant: {e}") from None
     if assistant.tokenizer.get_vocab() != target.tokenizer.get_vocab():
         raise UserError(f"assistant {cfg.assistant} has another tokenizer than target {cfg.target}; "
                         "assisted generation needs the same vocabulary")
+    return assistant
+
+
+def assisted_peer(cfg: BenchConfig, target, assistant, prompts: list, results: list[Result]) -> dict:
+    """transformers' own assisted generation (`generate(assistant_model=...)`) on the same inputs:
+    plain `generate` and assisted `generate`, both timed here, and assisted vs our target alone."""
     sample = {"do_sample": cfg.temperature > 0, **({"temperature": cfg.temperature, "top_p": cfg.top_p}
                                                    if cfg.temperature > 0 else {})}
 

@@ -119,3 +119,9 @@ def test_assisted_generation_peer_runs_on_the_same_inputs(tmp_path):
     peer = json.loads(out.read_text())["assisted"]
     assert peer["identical_outputs"] is True and peer["assisted_tokens_per_s"] > 0
     assert peer["speedup_vs_target_alone"] > 0 and peer["assistant"] == "tiny-random"
+
+
+def test_a_bad_assistant_is_refused_before_any_timing(capsys):
+    assert cli.run(BenchConfig, bench.main, "mmvsd.bench", bench.__doc__, ["assistant=/no/such/model", "n=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: assistant: target '/no/such/model'") and "bench" not in err
