@@ -93,6 +93,32 @@ class BenchConfig:
 
 
 @dataclass
+class VsdConfig:
+    """VSD training (Zou et al., ICML 2026, arXiv 2602.05774; our formulation, mmvsd.training.vsd)."""
+
+    enabled: bool = opt(False, "add VSD's EM objective over sampled draft paths (start from a trained drafter)")
+    num_proposals: int = opt(8, "S: draft paths sampled per context in the E-step")
+    depth: int = opt(4, "L: tokens per sampled draft path")
+    contexts: int = opt(4, "C: answer positions per sequence the paths start from")
+    temperature: float = opt(1.0, "sampling temperature of the drafter's proposals")
+    target_temperature: float = opt(0.0, "the oracle: 0 = greedy verification, > 0 = stochastic at this temperature")
+    weight: float = opt(1.0, "weight of the weighted path likelihood (M-step)")
+    arw: bool = opt(True, "Adaptive Rejection Weighting: rejected paths keep their accepted prefixes, tempered weights")
+    arw_gamma: float = opt(0.5, "ARW: weight discount per token a path falls short of full acceptance")
+    ess_floor: float = opt(0.5, "ARW: weights are tempered until the effective sample size is >= this share of S")
+    car: bool = opt(True, "Confidence-Aware Regularisation: push down confident mass on first-rejected tokens")
+    car_weight: float = opt(0.1, "weight of CAR")
+
+    def __post_init__(self) -> None:
+        for name in ("num_proposals", "depth", "contexts"):
+            _require(getattr(self, name) >= 1, f"vsd.{name} must be >= 1, got {getattr(self, name)}")
+        _require(self.temperature > 0, f"vsd.temperature must be > 0, got {self.temperature}")
+        _require(self.target_temperature >= 0, f"vsd.target_temperature must be >= 0, got {self.target_temperature}")
+        _require(0 < self.arw_gamma <= 1, f"vsd.arw_gamma must be in (0, 1], got {self.arw_gamma}")
+        _require(0 < self.ess_floor <= 1, f"vsd.ess_floor must be in (0, 1], got {self.ess_floor}")
+
+
+@dataclass
 class TrainConfig:
     """`python -m mmvsd.train recipe=NAME`: train a drafter on a target's own features."""
 
@@ -101,6 +127,8 @@ class TrainConfig:
     output_dir: str | None = opt(None, "where the run is written (default runs/train)")
     data: str | None = opt(None, "LLaVA/ShareGPT .json or target-answers .jsonl; default: fresh toy-world conversations")
     image_folder: str | None = opt(None, "folder the data file's image paths are relative to (default: its folder)")
+    text_data: str | None = opt(None, "text-only conversations (ShareGPT .json) for the text-first curriculum; "
+                                      "default: the main source's conversations without their image")
     max_length: int = opt(2048, "conversations from a data file are cut to this many tokens")
     target_answers: int = opt(0, "ViSpec-style data: first have the target describe this many fresh toy images "
                                  "(greedy, kept in output_dir/answers, resumable) and train on its answers")
@@ -113,8 +141,13 @@ class TrainConfig:
     regression_weight: float = opt(1.0, "weight of the SmoothL1 feature regression")
     token_weight: float = opt(0.1, "weight of the cross-entropy to the target's next-token distribution")
     describe_share: float = opt(0.8, "share of conversations that are long descriptions (the rest short QA)")
-    text_first_steps: int = opt(0, "MSD curriculum: steps on text-only toy conversations first")
-    text_ramp_steps: int = opt(0, "MSD curriculum: then steps over which the image-bearing share grows to 1")
+    text_first_steps: int = opt(0, "text-first curriculum (MSD; ViSpec's stage 1): steps on text-only conversations first")
+    text_ramp_steps: int = opt(0, "then steps over which the image-bearing share grows to 1 (MSD; 0 = switch at once, "
+                                  "ViSpec's stage 2)")
+    self_feed_passes: int = opt(0, "ViSpec's 'MTP' passes: rerun the drafter on its own predicted features, same loss")
+    vsd: VsdConfig = opt(VsdConfig, "VSD objective over sampled draft paths (off unless vsd.enabled=true)")
+    feature_cache: str | None = opt(None, "folder caching the target's features per micro-batch: computed once, "
+                                          "read by later runs over the same data")
     seed: int = opt(0, "seed of the drafter's initialisation and of the data stream")
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "accelerate mixed precision (bf16 on GPUs)")
     checkpoint_every: int = opt(50, "steps between atomic checkpoints")
@@ -135,6 +168,4 @@ class TrainConfig:
         _require(min(self.text_first_steps, self.text_ramp_steps) >= 0, "text_first_steps and text_ramp_steps must be >= 0")
         _require(self.target_answers >= 0, f"target_answers must be >= 0, got {self.target_answers}")
         _require(not (self.data and self.target_answers), "give either data=FILE or target_answers=N, not both")
-        _require(not ((self.data or self.target_answers) and (self.text_first_steps or self.text_ramp_steps)),
-                 "the text-first curriculum applies to toy-world conversations; with data=FILE or target_answers=N "
-                 "leave text_first_steps and text_ramp_steps at 0")
+        _require(self.self_feed_passes >= 0, f"self_feed_passes must be >= 0, got {self.self_feed_passes}")

@@ -5,8 +5,8 @@
     python -m mmvsd.train recipe=toy_msd resume=true     # continue a killed run exactly
     python -m mmvsd.train recipe=toy_msd dry_run=true    # print the resolved config
 
-The target's features are computed online (one no-grad pass per batch) on toy-world
-conversations; the drafter learns to regress the target's next feature and to match its
+The target's features are computed online (one no-grad pass per batch; `feature_cache=DIR`
+keeps them for later runs) on toy-world conversations or a data file; the drafter learns to regress the target's next feature and to match its
 next-token distribution (`mmvsd.training.losses`). The run folder gets config.yaml,
 metrics.jsonl (one line per step), checkpoint.pt (atomic, every checkpoint_every steps),
 drafter/ (config.json + model.safetensors) and eval.json (tau and speed-up of the trained
@@ -33,9 +33,10 @@ def main(cfg: TrainConfig) -> None:
     from mmvsd.drafters import load_drafter, save_drafter
     from mmvsd.models import load_target
     from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
-    from mmvsd.training.features import file_conversations, target_features, text_only_share, toy_conversations
-    from mmvsd.training.losses import drafter_losses
+    from mmvsd.training.cache import FeatureCache
+    from mmvsd.training.features import target_features, text_only_share, training_batch
     from mmvsd.training.optim import build_optimizer, lr_at, set_lr
+    from mmvsd.training.vsd import vsd_step
 
     out = Path(cfg.output_dir or "runs/train")
     checkpoint = out / "checkpoint.pt"
@@ -44,21 +45,27 @@ def main(cfg: TrainConfig) -> None:
     if not cfg.resume and checkpoint.is_file():
         raise UserError(f"{out} already holds a run; pass resume=true to continue it, or another output_dir")
 
-    loaded = None
-    if cfg.data:  # read and checked before any model is loaded
-        from mmvsd.data.loaders import load_records
+    from mmvsd.data.loaders import load_records
+    from mmvsd.drafters import check_drafter_name
 
+    check_drafter_name(cfg.drafter)
+
+    loaded = text_loaded = None
+    if cfg.data:  # read and checked before any model is loaded
         loaded = load_records(cfg.data, cfg.image_folder)
         print(f"data {cfg.data}: {loaded.summary()}", file=sys.stderr)
+    if cfg.text_data:
+        text_loaded = load_records(cfg.text_data)
+        print(f"text_data {cfg.text_data}: {text_loaded.summary()}", file=sys.stderr)
     accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum)
     target = load_target(cfg.target, cfg.dtype, str(accelerator.device))
     target.model.requires_grad_(False)
+    cache = FeatureCache(cfg.feature_cache, target, cfg) if cfg.feature_cache else None
     drafter = load_drafter(cfg.drafter, target, seed=cfg.seed)
     if cfg.target_answers:  # after the drafter/target check: this is minutes of generation
         from mmvsd.data.answers import AnswersConfig
         from mmvsd.data.answers import main as write_answers
-        from mmvsd.data.loaders import load_records
 
         answers = out / "answers"
         if accelerator.is_main_process:
@@ -82,7 +89,6 @@ def main(cfg: TrainConfig) -> None:
     metrics_path = out / "metrics.jsonl"
     kept = [line for line in _lines(metrics_path) if json.loads(line)["step"] <= start]  # drop lines past the checkpoint
     metrics_path.write_text("".join(kept))
-    image_size = target.processor.image_processor.crop_size["height"]
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {drafter.kind}",
                unit="step", dynamic_ncols=True, disable=not accelerator.is_main_process)
@@ -92,14 +98,17 @@ def main(cfg: TrainConfig) -> None:
         for micro in range(cfg.grad_accum):
             with accelerator.accumulate(model):
                 index = step * cfg.grad_accum + micro
-                share = text_only_share(step, cfg.text_first_steps, cfg.text_ramp_steps)
-                conversations = toy_conversations(target, cfg.seed, index, cfg.batch_size, cfg.describe_share,
-                                                  image_size, share) if loaded is None else \
-                    file_conversations(target, loaded, cfg.seed, index, cfg.batch_size, cfg.max_length)
-                batch = target_features(target, conversations)
-                predicted = model(batch.features, batch.tokens, batch.image_pairs, batch.image_embeds)
-                loss, stats = drafter_losses(predicted, batch.next_features, batch.next_logits, batch.loss_mask,
-                                             drafter.lm_head, cfg.regression_weight, cfg.token_weight)
+
+                def features(index=index, step=step):
+                    return target_features(target, training_batch(target, cfg, index, step, loaded, text_loaded))
+
+                batch = cache.get(index, features) if cache else features()
+                predicted, vsd_loss, vsd_stats = None, 0.0, {}
+                if cfg.vsd.enabled:
+                    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
+                    predicted, vsd_loss, vsd_stats = vsd_step(model, target, batch, cfg.vsd, generator)
+                loss, stats = self_fed_losses(model, batch, drafter.lm_head, cfg, predicted)
+                loss, stats = loss + vsd_loss, {**stats, **vsd_stats}
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -107,8 +116,11 @@ def main(cfg: TrainConfig) -> None:
                 optimizer.zero_grad(set_to_none=True)
         record = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr, **{k: round(v, 5) for k, v in stats.items()}}
         if cfg.text_first_steps or cfg.text_ramp_steps:
-            record["text_only_share"] = round(share, 4)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", top1=f"{stats['top1']:.2f}", refresh=False)
+            record["text_only_share"] = round(text_only_share(step, cfg.text_first_steps, cfg.text_ramp_steps), 4)
+        shown = {"loss": f"{record['loss']:.3f}", "top1": f"{stats['top1']:.2f}"}
+        if cfg.vsd.enabled:
+            shown.update(acc_len=f"{stats['accepted_len']:.2f}", ess=f"{stats['ess']:.2f}")
+        bar.set_postfix(shown, refresh=False)
         if accelerator.is_main_process:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -133,6 +145,31 @@ def main(cfg: TrainConfig) -> None:
         print(f"eval: tau {summary['tau']:.2f}, speed-up {summary['speedup']:.2f}x on {summary['n_prompts']} "
               "held-out toy images", file=sys.stderr)
     print(out)
+
+
+def self_fed_losses(model, batch, lm_head, cfg: TrainConfig, predicted=None):
+    """The baseline losses of the teacher-forced pass, plus those of `cfg.self_feed_passes` more
+    passes in which the drafter reads its own predicted features (shifted by one) instead of the
+    target's, with the same targets: ViSpec's "MTP" pass (Kang et al. 2025, arXiv 2509.15235),
+    which stops the drafter leaning on target features it will not have beyond depth 1.
+    `predicted`: the first pass's output when it was already computed."""
+    import torch
+
+    from mmvsd.training.losses import drafter_losses
+
+    features, total = batch.features, 0.0
+    for n in range(1 + cfg.self_feed_passes):
+        if n or predicted is None:  # the first pass may have been run already (with VSD's rollouts)
+            predicted = model(features, batch.tokens, batch.image_pairs, batch.image_embeds)  # [B, n, H]
+        loss, stats = drafter_losses(predicted, batch.next_features, batch.next_logits, batch.loss_mask, lm_head,
+                                     cfg.regression_weight, cfg.token_weight)
+        total = total + loss
+        if n == 0:
+            first = stats
+        features = torch.cat([features[:, :1], predicted[:, :-1]], dim=1)  # pair j reads the prediction of h_j
+    if cfg.self_feed_passes:
+        first["top1_self_fed"] = stats["top1"]
+    return total, first
 
 
 def _lines(path: Path) -> list[str]:

@@ -106,3 +106,36 @@ def test_answers_from_a_folder_skip_broken_images(tmp_path, capsys):
     lines = (tmp_path / "out" / "answers.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["image"].endswith("ok.png")
     assert "1 images skipped" in capsys.readouterr().out
+
+
+def test_text_first_stage_reads_a_text_only_file(llava_file, tmp_path):
+    from types import SimpleNamespace
+
+    from mmvsd.models import load_target
+    from mmvsd.training.features import training_batch
+
+    path, folder = llava_file
+    share = tmp_path / "sharegpt.json"
+    share.write_text(json.dumps([{"id": str(i), "conversations": [
+        {"from": "human", "value": f"Count to {i}."}, {"from": "gpt", "value": " ".join(map(str, range(i + 1)))}]}
+        for i in range(5)]))
+    target = load_target("tiny-random")
+    cfg = SimpleNamespace(seed=0, batch_size=3, max_length=512, describe_share=0.0, text_first_steps=2,
+                          text_ramp_steps=0)
+    main, text = load_records(path, folder), load_records(share)
+    first = training_batch(target, cfg, index=0, step=0, loaded=main, text_loaded=text)  # stage 1: text only
+    assert not first["has_image"].any() and "pixel_values" not in first
+    decoded = target.tokenizer.batch_decode(first["input_ids"], skip_special_tokens=True)
+    assert all("Count to" in d for d in decoded)
+    second = training_batch(target, cfg, index=5, step=5, loaded=main, text_loaded=text)  # stage 2: the main file
+    decoded = target.tokenizer.batch_decode(second["input_ids"], skip_special_tokens=True)
+    assert not any("Count to" in d for d in decoded) and second["has_image"].any()
+    assert int((second["input_ids"] == target.image_token_id).sum()) == \
+        int(second["has_image"].sum()) * target.num_image_tokens
+
+    out = tmp_path / "run"  # both stages in one run, from the command line
+    assert run(["target=tiny-random", "drafter=vispec", f"data={path}", f"image_folder={folder}",
+                f"text_data={share}", "text_first_steps=2", "steps=4", "batch_size=2", "eval_n=0",
+                f"output_dir={out}"]) == 0
+    shares = [json.loads(x)["text_only_share"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert shares == [1.0, 1.0, 0.0, 0.0]

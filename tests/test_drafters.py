@@ -105,3 +105,28 @@ def test_vispec_compresses_each_image_and_starts_as_eagle(tiny_target, rng):
     assert last_image in positions.tolist()  # the compressed token keeps the image's last position
     assert drafter.image_feature.abs().sum() > 0  # g comes from the image
     assert torch.allclose(fused, plain)  # img_fc starts as [I | 0]: the plain EAGLE fusion
+
+
+@pytest.mark.parametrize("kind", ["eagle", "msd", "vispec"])
+def test_training_rollouts_draft_what_decoding_drafts(tiny_target, rng, kind):
+    """VSD's rollouts run on a whole teacher-forced sequence; from each context they must see only
+    the sequence up to it and their own nodes, exactly as `propose` does after that context."""
+    from mmvsd.drafters.eagle import Rollout
+
+    drafter = build_drafter(kind, tiny_target, seed=3)
+    prompt = tiny_target.encode(random_image(rng), random_prompt(rng))
+    prefill = tiny_target.prefill(prompt)
+    features = prefill.hidden  # pair j: (h_j, x_{j+1})
+    tokens = torch.cat([prompt.input_ids[1:], prefill.logits.argmax()[None]])
+    n, depth = len(tokens), 4
+    contexts = torch.tensor([n - 1, n - 3, n - 6])
+    rollout = Rollout(contexts[None], depth, lambda b, logits, level: logits.argmax(-1))
+    with torch.no_grad():
+        _, logits, paths = drafter(features[None], tokens[None], (tokens == tiny_target.image_token_id)[None],
+                                   prefill.image_embeds[None], rollout)
+    for m, c in enumerate(contexts.tolist()):
+        drafter.reset((tokens == tiny_target.image_token_id)[: c + 1], prefill.image_embeds)
+        tree = drafter.propose(features[: c + 1], tokens[: c + 1], TreeConfig(depth=depth, top_k=1, total_tokens=depth))
+        assert tree.tokens[1:].tolist() == paths[0, m].tolist()
+        logp = torch.log_softmax(logits[0, m], -1).gather(-1, paths[0, m, :, None])[:, 0]
+        assert torch.allclose(tree.scores[1:], logp.cumsum(0), atol=1e-4)

@@ -21,7 +21,8 @@ TINY = ["target=tiny-random", "describe_share=0", "batch_size=2", "eval_n=1", "e
 
 def test_there_are_recipes():
     assert {"toy_eagle", "toy_msd", "toy_vispec", "llava7b_msd", "llava7b_vispec", "llava13b_msd",
-            "llava13b_vispec"} <= set(RECIPES)
+            "llava13b_vispec", "toy_msd_vsd", "toy_vispec_vsd", "llava7b_msd_vsd", "llava7b_vispec_vsd",
+            "llava13b_msd_vsd", "llava13b_vispec_vsd"} <= set(RECIPES)
     for name in ("fsdp", "deepspeed"):  # accelerate launch configs, named in the real recipes' headers
         assert (cli.RECIPES_DIR / "accelerate" / f"{name}.yaml").is_file()
 
@@ -101,6 +102,8 @@ def test_losses_match_a_naive_reference():
     (["drafter=medusa", "target=tiny-random", "output_dir=OUT"], "not a folder and not a drafter kind"),
     (["resume=true", "target=tiny-random", "output_dir=OUT"], "resume=true but"),
     (["recipe=llava7b_msd"], "data file data/llava_v1_5_mix665k.json: no such file"),  # before any model loads
+    (["recipe=toy_msd_vsd", "drafter=runs/nope/drafter", "target=tiny-random"], "train it first"),
+    (["recipe=toy_msd", "vsd.num_proposals=0"], "vsd.num_proposals must be >= 1"),
 ])
 def test_bad_input_is_refused_in_one_line(args, message, tmp_path):
     args = [a.replace("OUT", str(tmp_path / "r")) for a in args]
@@ -142,3 +145,47 @@ def test_training_on_answers_the_target_writes_first(tmp_path):
     assert run([*TINY, "drafter=vispec", "steps=2", "target_answers=3", "eval_n=0", f"output_dir={out}"]) == 0
     lines = (out / "answers" / "answers.jsonl").read_text().splitlines()
     assert len(lines) == 3 and (out / "drafter" / "model.safetensors").is_file()
+
+
+def test_self_fed_pass_reads_the_drafters_own_shifted_predictions():
+    from types import SimpleNamespace
+
+    from mmvsd.drafters import build_drafter
+    from mmvsd.models import load_target
+    from mmvsd.train import self_fed_losses
+    from mmvsd.training.features import DraftBatch
+    from mmvsd.training.losses import drafter_losses
+
+    target = load_target("tiny-random")
+    drafter = build_drafter("eagle", target, seed=0)
+    torch.manual_seed(0)
+    b, n, h = 2, 7, target.hidden_size
+    batch = DraftBatch(features=torch.randn(b, n, h), tokens=torch.randint(0, 100, (b, n)),
+                       image_pairs=torch.zeros(b, n, dtype=torch.bool), image_embeds=torch.zeros(b, 0, h),
+                       next_features=torch.randn(b, n, h), next_logits=torch.randn(b, n, target.vocab_size),
+                       loss_mask=torch.rand(b, n) > 0.3, input_ids=torch.zeros(b, n + 1, dtype=torch.long),
+                       attention_mask=torch.ones(b, n + 1, dtype=torch.long))
+    cfg = SimpleNamespace(self_feed_passes=1, regression_weight=1.0, token_weight=0.1)
+    loss, stats = self_fed_losses(drafter, batch, drafter.lm_head, cfg)
+    args = (batch.next_features, batch.next_logits, batch.loss_mask, drafter.lm_head, 1.0, 0.1)
+    first = drafter(batch.features, batch.tokens, batch.image_pairs, batch.image_embeds)
+    shifted = torch.stack([batch.features[:, 0], *first[:, :-1].unbind(1)], dim=1)  # pair j reads ŷ(h_j)
+    second = drafter(shifted, batch.tokens, batch.image_pairs, batch.image_embeds)
+    expected = drafter_losses(first, *args)[0] + drafter_losses(second, *args)[0]
+    assert torch.allclose(loss, expected, atol=1e-5) and "top1_self_fed" in stats
+    assert not torch.allclose(first, second)  # the second pass really saw other inputs
+
+
+def test_a_feature_cache_is_written_once_read_after_and_guarded(tmp_path):
+    args = [*TINY, "drafter=msd", "steps=3", "eval_n=0", "self_feed_passes=1", f"feature_cache={tmp_path / 'f'}"]
+    assert run([*args, f"output_dir={tmp_path / 'a'}"]) == 0
+    assert sorted(p.name for p in (tmp_path / "f").glob("*.safetensors")) == [f"{i:08d}.safetensors" for i in range(3)]
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "f").glob("*.safetensors")}
+    assert run([*args, f"output_dir={tmp_path / 'b'}"]) == 0  # reads the cache: same data, same drafter
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "f").glob("*.safetensors")}
+    a, b = (load_file(str(tmp_path / r / "drafter/model.safetensors")) for r in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    result = subprocess.run([sys.executable, "-m", "mmvsd.train", *args, "batch_size=3", f"output_dir={tmp_path / 'c'}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "written with other settings (batch_size)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -42,13 +42,19 @@ def _instantiate(spec: DrafterSpec, target, seed: int = 0) -> EagleDrafter:
     return drafter.to(target.device, target.dtype).eval()
 
 
+def check_drafter_name(name: str) -> None:
+    """Refuse, cheaply and before any model loads, a name that is neither a kind nor a folder."""
+    if name not in DRAFTERS and not Path(name).expanduser().is_dir():
+        raise UserError(f"drafter {name!r}: not a folder and not a drafter kind ({', '.join(DRAFTERS)}); "
+                        "to start from a trained drafter, train it first (recipe NAME writes runs/NAME/drafter)")
+
+
 def load_drafter(name: str, target, seed: int = 0) -> EagleDrafter:
     """`name` is a drafter folder, or a kind for an untrained drafter."""
+    check_drafter_name(name)
     if name in DRAFTERS:
         return build_drafter(name, target, seed)
     folder = Path(name).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"drafter {name!r}: not a folder and not a drafter kind ({', '.join(DRAFTERS)})")
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
     for path in (config_path, weights_path):
         if not path.is_file():

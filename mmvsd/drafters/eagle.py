@@ -8,6 +8,9 @@ the drafter feeds on its own predicted features.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -16,6 +19,16 @@ from mmvsd.decoding.tree import DraftTree, TreeGrower
 from mmvsd.drafters.base import DrafterSpec
 from mmvsd.drafters.layers import DecoderLayer, KVCache
 from mmvsd.models.llava import PrefillOutput
+
+
+@dataclass
+class Rollout:
+    """Draft paths to roll out in a training pass (VSD's E-step): from pair indices `contexts`
+    [B, M] of each sequence, `depth` tokens each, chosen by `pick(b, logits [M, V], level)`."""
+
+    contexts: torch.Tensor
+    depth: int
+    pick: Callable[[int, torch.Tensor, int], torch.Tensor]
 
 
 class EagleDrafter(nn.Module):
@@ -61,19 +74,49 @@ class EagleDrafter(nn.Module):
         self.pending_image = (image_pairs, image_embeds)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, image_pairs: torch.Tensor,
-                image_embeds: torch.Tensor) -> torch.Tensor:
+                image_embeds: torch.Tensor, rollout: Rollout | None = None):
         """Teacher-forced training pass: pairs [B, n, H], [B, n], image marks [B, n] and image
         embeddings [B, n_img, H] -> predicted next target features [B, n, H], one per pair (at
         pairs a drafter drops, e.g. ViSpec's image tokens, whatever lands there: no loss goes
-        there). Padding must come last: attention is causal."""
+        there). Padding must come last: attention is causal.
+
+        With a `rollout`, also draft paths from its contexts the way decoding drafts them (see
+        `Rollout`) and return (predicted, draft logits [B, M, depth, V], paths [B, M, depth])."""
         out = torch.zeros_like(features)
+        drafts = []
         for b in range(features.shape[0]):
             self.reset(image_pairs[b], image_embeds[b, : int(image_pairs[b].sum())])  # none for text-only
             x, positions = self.embed_pairs(features[b], tokens[b])
-            y = self.layer(x[None], positions[None])[0]  # causal over the sequence
+            cache = KVCache()
+            y = self.layer(x[None], positions[None], None, cache)[0]  # causal over the sequence
             out[b, positions - 1] = y
+            if rollout is not None:
+                drafts.append(self._rollout(out[b], positions, cache, rollout.contexts[b], rollout.depth,
+                                            lambda logits, level, b=b: rollout.pick(b, logits, level)))
         self.reset(image_pairs[0, :0], image_embeds[0, :0])
-        return out
+        if rollout is None:
+            return out
+        logits, paths = zip(*drafts)
+        return out, torch.stack(logits), torch.stack(paths)
+
+    def _rollout(self, predicted: torch.Tensor, positions: torch.Tensor, cache: KVCache, contexts: torch.Tensor,
+                 depth: int, pick) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paths of `depth` tokens from pair indices `contexts` [M] of one teacher-forced sequence
+        (its predictions [n, H], row positions [R], and cache): each path starts from the
+        prediction at its context, then feeds on its own predicted features, seeing the sequence
+        up to its context and its own earlier nodes, exactly as in `propose`."""
+        hidden = predicted[contexts]  # [M, H]
+        own = torch.eye(len(contexts), dtype=torch.bool, device=positions.device)
+        sees_context = positions[None] <= contexts[:, None] + 1  # [M, R]
+        logits, picked = [], []
+        for level in range(depth):
+            logits.append(self.lm_head(hidden).float())
+            picked.append(pick(logits[-1], level))
+            if level + 1 < depth:  # the next node sits at the position of the token it reads
+                allowed = torch.cat([sees_context] + [own] * (level + 1), dim=1)
+                hidden = self.layer(self.fuse(hidden, picked[-1])[None], (contexts + 2 + level)[None],
+                                    allowed[None, None], cache)[0]
+        return torch.stack(logits, dim=1), torch.stack(picked, dim=1)
 
     def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Drafter inputs [m, H] for new (feature, token) pairs [n, H], [n], and their positions [m].

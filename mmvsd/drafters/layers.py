@@ -24,12 +24,22 @@ class RMSNorm(nn.Module):
         return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype) * self.weight
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos and sin of Llama's rotate-half RoPE at `positions` [B, T]: each [B, 1, T, head_dim / 2]."""
-    half = head_dim // 2
-    freqs = 1.0 / theta ** (torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    angles = positions[:, None, :, None].float() * freqs
-    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+class RotaryTables:
+    """cos and sin of Llama's rotate-half RoPE, computed once for positions 0 .. L-1 (L doubles as
+    needed) and looked up per call: one gather instead of eight small ops in every drafter step."""
+
+    def __init__(self, head_dim: int, theta: float):
+        self.half, self.theta = head_dim // 2, theta
+        self.cos = self.sin = torch.empty(0, self.half)
+
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T] -> cos, sin, each [B, 1, T, head_dim / 2]."""
+        if int(positions.max()) >= len(self.cos) or self.cos.device != positions.device or self.cos.dtype != dtype:
+            length = max(2 * int(positions.max()) + 2, 256)
+            freqs = 1.0 / self.theta ** (torch.arange(self.half, device=positions.device, dtype=torch.float32) / self.half)
+            angles = torch.arange(length, device=positions.device, dtype=torch.float32)[:, None] * freqs
+            self.cos, self.sin = torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+        return self.cos[positions][:, None], self.sin[positions][:, None]
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -67,7 +77,8 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, rope_theta: float = 10000.0):
         super().__init__()
-        self.num_heads, self.head_dim, self.rope_theta = num_heads, hidden_size // num_heads, rope_theta
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.rotary_tables = RotaryTables(self.head_dim, rope_theta)
         self.input_norm = RMSNorm(hidden_size)
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
         self.out = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -81,7 +92,7 @@ class DecoderLayer(nn.Module):
         None = causal over x alone; cache: keys/values of earlier rows, extended in place."""
         b, t, h = x.shape
         q, k, v = self.qkv(self.input_norm(x)).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        cos, sin = rotary_tables(positions, self.head_dim, self.rope_theta, q.dtype)  # once for q and k
+        cos, sin = self.rotary_tables(positions, q.dtype)  # once for q and k
         q, k = rotary(torch.cat([q, k], dim=1), cos, sin).split(self.num_heads, dim=1)
         if cache is not None:
             k, v = cache.append(k, v)

@@ -138,6 +138,39 @@ class LlavaTarget:
         hidden = out.last_hidden_state[0]  # [N, H]
         return self.lm_head(hidden).float(), hidden
 
+    @torch.no_grad()
+    def path_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
+                    prefix_ends: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+        """The target's logits after every node of many continuations of a training batch, in one
+        pass (the oracle of VSD training; no KV cache involved).
+
+        input_ids, attention_mask: [B, T] right-padded; image_embeds: [B, n_img, H] the projected
+        image embeddings of the rows that have an image (zeros elsewhere); paths: [B, M, L] tokens
+        continuing each row after its token `prefix_ends` [B, M]. Node j of a path sits at position
+        prefix_end + 1 + j and sees the prefix up to prefix_end and its own path up to itself.
+        Returns [B, M, L, V]: logits of the token after each node."""
+        b, t = input_ids.shape
+        m, length = paths.shape[1:]
+        device = self.device
+        ids = torch.cat([input_ids, paths.flatten(1)], dim=1).to(device)  # [B, T + M L]
+        embeds = self.embed_tokens(ids)
+        image = torch.zeros_like(ids, dtype=torch.bool)
+        image[:, :t] = ids[:, :t] == self.image_token_id  # a path's sampled image token stays a token
+        embeds[image] = image_embeds.to(device, embeds.dtype)[image[:, :t].any(-1)].flatten(0, 1)
+        node_path = torch.arange(m, device=device).repeat_interleave(length)  # [M L]
+        node_depth = torch.arange(length, device=device).repeat(m)
+        ends = prefix_ends.to(device).repeat_interleave(length, dim=1)  # [B, M L]
+        keys = torch.arange(t, device=device)
+        allowed = torch.zeros(b, t + m * length, t + m * length, dtype=torch.bool, device=device)
+        allowed[:, :t, :t] = torch.ones(t, t, dtype=torch.bool, device=device).tril() & attention_mask.to(device).bool()[:, None]
+        allowed[:, t:, :t] = keys <= ends[..., None]
+        allowed[:, t:, t:] = (node_path[:, None] == node_path[None]) & (node_depth[None] <= node_depth[:, None])
+        allowed[:, torch.arange(t), torch.arange(t)] = True  # padding rows see themselves (no NaN; never read)
+        positions = torch.cat([torch.arange(t, device=device).expand(b, t), ends + 1 + node_depth], dim=1)
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device).masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=positions).last_hidden_state
+        return self.lm_head(hidden[:, t:]).float().view(b, m, length, -1)
+
     def _tree_mask(self, ancestors: torch.Tensor, prefix: int) -> torch.Tensor:
         # An additive float mask: transformers' eager attention adds the mask to the scores, so a
         # boolean mask there would be silently wrong.

@@ -1,4 +1,5 @@
-"""Training batches for drafters: toy-world conversations, and the target's features on them.
+"""Training batches for drafters: conversations (toy world or data files, with or without their
+image), and the target's features on them.
 
 Features are computed online, one no-grad target pass per batch: the drafter learns the target's
 own next-token distribution at every answer position, whatever text the answer holds.
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmvsd.data.conversations import IGNORE, encode_conversation, pad_batch
+from mmvsd.data.conversations import IGNORE, Encoded, encode_conversation, pad_batch
 
 
 @dataclass
@@ -25,67 +26,93 @@ class DraftBatch:
     next_features: torch.Tensor  # [B, n] -> [B, n, H] h_1 .. h_n, the regression targets
     next_logits: torch.Tensor  # [B, n, V] the target's logits at h_1 .. h_n
     loss_mask: torch.Tensor  # [B, n] bool: h_t predicts an answer token
-
-
-def toy_conversations(target, seed: int, step: int, batch_size: int, describe_share: float,
-                      image_size: int = 128, text_share: float = 0.0) -> dict[str, torch.Tensor]:
-    """A batch of fresh toy-world images with conversations about them, tokenized for `target`;
-    a `text_share` of them without their image (text-only, as in MSD's first stage). The images
-    come from a stream of their own, apart from those the toy targets were trained on."""
-    from mmvsd.toyworld.build import pixel_values
-    from mmvsd.toyworld.data import random_sample, training_conversation
-
-    rng = random.Random(f"drafter-{seed}-{step}")
-    samples = [random_sample(rng, image_size) for _ in range(batch_size)]
-    has_image = [rng.random() >= text_share for _ in samples]
-    encoded = [encode_conversation(target.tokenizer, training_conversation(x, rng, describe_share, 4),
-                                   target.image_token_id, target.num_image_tokens, image=seen)
-               for x, seen in zip(samples, has_image)]
-    batch = {**pad_batch(encoded, target.tokenizer.pad_token_id or 0), "has_image": torch.tensor(has_image)}
-    if any(has_image):
-        images = [x.image for x, seen in zip(samples, has_image) if seen]
-        batch["pixel_values"] = pixel_values(images, target.processor.image_processor)
-    return batch
+    input_ids: torch.Tensor  # [B, n + 1] the conversations (right-padded), for passes over continuations
+    attention_mask: torch.Tensor  # [B, n + 1]
 
 
 def text_only_share(step: int, text_first_steps: int, text_ramp_steps: int) -> float:
     """MSD's curriculum (Lin et al. 2025, arXiv 2505.14260): text-only conversations first, then a
-    linear ramp to fully multimodal ones."""
+    linear ramp to fully multimodal ones. With no ramp it is ViSpec's two stages (Kang et al. 2025,
+    arXiv 2509.15235): text-only, then multimodal."""
     if step < text_first_steps:
         return 1.0
     return max(0.0, 1.0 - (step - text_first_steps + 1) / max(1, text_ramp_steps)) if text_ramp_steps else 0.0
 
 
-def file_conversations(target, loaded, seed: int, step: int, batch_size: int, max_length: int) -> dict[str, torch.Tensor]:
-    """A batch of records from a data file (`mmvsd.data.loaders`), in a seeded order that is a
-    function of the step (so a resumed run sees the same data). A record whose image cannot be
-    read is skipped, counted in `loaded.skipped`, and replaced by the next one."""
+def training_batch(target, cfg, index: int, step: int, loaded=None, text_loaded=None) -> dict[str, torch.Tensor]:
+    """Micro-batch `index` (of optimizer step `step`, which sets the curriculum's text-only share),
+    a function of the seed and the index only, so a resumed run sees the same data.
+
+    Each conversation is text-only with probability `text_only_share`: taken from `text_loaded`
+    (e.g. ShareGPT) when given, else a conversation of the main source without its image. The
+    main source is `loaded` (a data file) or fresh toy-world images."""
+    share = text_only_share(step, cfg.text_first_steps, cfg.text_ramp_steps)
+    rng = random.Random(f"mix-{cfg.seed}-{index}")
+    keep_image = [rng.random() >= share for _ in range(cfg.batch_size)]
+    if text_loaded is not None:
+        main = keep_image.count(True)
+        items = _source_items(target, cfg, index, loaded, [True] * main) + \
+            _file_items(target, text_loaded, f"text-{cfg.seed}", index, cfg.batch_size, [False] * (cfg.batch_size - main))
+    else:
+        items = _source_items(target, cfg, index, loaded, keep_image)
+    encoded, images = zip(*items)
+    has_image = [image is not None for image in images]
+    batch = {**pad_batch(list(encoded), target.tokenizer.pad_token_id or 0, cfg.max_length),
+             "has_image": torch.tensor(has_image)}
+    if any(has_image):
+        batch["pixel_values"] = target.processor.image_processor(
+            [image for image in images if image is not None], return_tensors="pt")["pixel_values"]
+    return batch
+
+
+def _source_items(target, cfg, index: int, loaded, keep_image: list[bool]) -> list[tuple[Encoded, object]]:
+    if loaded is not None:
+        return _file_items(target, loaded, f"data-{cfg.seed}", index, cfg.batch_size, keep_image)
+    return _toy_items(target, cfg, index, keep_image)
+
+
+def _toy_items(target, cfg, index: int, keep_image: list[bool]) -> list[tuple[Encoded, object]]:
+    """Fresh toy-world images with conversations about them, from a stream of their own, apart
+    from the images the toy targets were trained on."""
+    from mmvsd.toyworld.data import random_sample, training_conversation
+
+    rng = random.Random(f"drafter-{cfg.seed}-{index}")
+    size = target.processor.image_processor.crop_size["height"]
+    items = []
+    for keep in keep_image:
+        sample = random_sample(rng, size)
+        turns = training_conversation(sample, rng, cfg.describe_share, 4)
+        items.append((encode_conversation(target.tokenizer, turns, target.image_token_id, target.num_image_tokens,
+                                          image=keep), sample.image if keep else None))
+    return items
+
+
+def _file_items(target, loaded, stream: str, index: int, stride: int, keep_image: list[bool]) -> list[tuple[Encoded, object]]:
+    """Records of a data file in a seeded order: micro-batch `index` starts at record
+    index * stride. A record whose image cannot be read is skipped, counted in `loaded.skipped`,
+    and replaced by the next one; `keep_image` False drops a record's image (a text-only turn)."""
     from mmvsd.errors import UserError
     from mmvsd.images import load_image
 
     order = list(range(len(loaded.records)))
-    random.Random(f"data-{seed}").shuffle(order)
-    encoded, images, has_image = [], [], []
-    position = step * batch_size
-    while len(encoded) < batch_size:
-        if position >= (step + 1) * batch_size + len(order):
+    random.Random(stream).shuffle(order)
+    items = []
+    position = start = index * stride
+    while len(items) < len(keep_image):
+        if position >= start + stride + len(order):
             raise UserError("no record of the data file could be used (every image failed to load)")
         record = loaded.records[order[position % len(order)]]
         position += 1
-        if record.image is not None:
+        image = None
+        if record.image is not None and keep_image[len(items)]:
             try:
                 image = load_image(record.image)
             except UserError:
                 loaded.skipped["unreadable image"] += 1
                 continue
-            images.append(image)
-        has_image.append(record.image is not None)
-        encoded.append(encode_conversation(target.tokenizer, record.turns, target.image_token_id,
-                                           target.num_image_tokens, image=record.image is not None))
-    batch = {**pad_batch(encoded, target.tokenizer.pad_token_id or 0, max_length), "has_image": torch.tensor(has_image)}
-    if images:
-        batch["pixel_values"] = target.processor.image_processor(images, return_tensors="pt")["pixel_values"]
-    return batch
+        items.append((encode_conversation(target.tokenizer, record.turns, target.image_token_id,
+                                          target.num_image_tokens, image=image is not None), image))
+    return items
 
 
 @torch.no_grad()
@@ -105,7 +132,14 @@ def target_features(target, batch: dict[str, torch.Tensor]) -> DraftBatch:
     # h_t predicts token t+1: pair j (predicting h_{j+1}) counts when token j+2 is an answer token.
     predicts_answer = torch.zeros_like(labels[:, 1:], dtype=torch.bool)
     predicts_answer[:, :-1] = labels[:, 2:] != IGNORE
+    return draft_batch(target, hidden, ids, batch["attention_mask"].to(device), image_embeds, predicts_answer)
+
+
+def draft_batch(target, hidden: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tensor,
+                image_embeds: torch.Tensor, loss_mask: torch.Tensor) -> DraftBatch:
+    """The pairs of a sequence's hidden states [B, T, H] and ids [B, T]; the target's logits come
+    from its LM head here (cheap next to the target pass, and too big to cache)."""
     return DraftBatch(features=hidden[:, :-1], tokens=ids[:, 1:], image_pairs=ids[:, 1:] == target.image_token_id,
-                      image_embeds=image_embeds,
-                      next_features=hidden[:, 1:], next_logits=target.lm_head(hidden[:, 1:]).float(),
-                      loss_mask=predicts_answer)
+                      image_embeds=image_embeds, next_features=hidden[:, 1:],
+                      next_logits=target.lm_head(hidden[:, 1:]).float(), loss_mask=loss_mask,
+                      input_ids=ids, attention_mask=attention_mask)
