@@ -6,8 +6,10 @@
     python -m mmvsd.train recipe=toy_msd dry_run=true    # print the resolved config
 
 The target's features are computed online (one no-grad pass per batch; `feature_cache=DIR`
-keeps them for later runs) on toy-world conversations or a data file; the drafter learns to regress the target's next feature and to match its
-next-token distribution (`mmvsd.training.losses`). The run folder gets config.yaml,
+keeps them for later runs) on toy-world conversations or a data file; the drafter learns to
+regress the target's next feature and to match its next-token distribution
+(`mmvsd.training.losses`), and with `vsd.enabled=true` also VSD's objective over its own
+sampled draft paths (`mmvsd.training.vsd`). The run folder gets config.yaml,
 metrics.jsonl (one line per step), checkpoint.pt (atomic, every checkpoint_every steps),
 drafter/ (config.json + model.safetensors) and eval.json (tau and speed-up of the trained
 drafter against the target alone on held-out toy images, from the bench). Runs under
@@ -30,7 +32,8 @@ def main(cfg: TrainConfig) -> None:
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    from mmvsd.drafters import load_drafter, save_drafter
+    from mmvsd.data.loaders import load_records
+    from mmvsd.drafters import check_drafter_name, load_drafter, save_drafter
     from mmvsd.models import load_target
     from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
     from mmvsd.training.cache import FeatureCache
@@ -45,11 +48,7 @@ def main(cfg: TrainConfig) -> None:
     if not cfg.resume and checkpoint.is_file():
         raise UserError(f"{out} already holds a run; pass resume=true to continue it, or another output_dir")
 
-    from mmvsd.data.loaders import load_records
-    from mmvsd.drafters import check_drafter_name
-
-    check_drafter_name(cfg.drafter)
-
+    check_drafter_name(cfg.drafter)  # like the data files below: before any model is loaded
     loaded = text_loaded = None
     if cfg.data:  # read and checked before any model is loaded
         loaded = load_records(cfg.data, cfg.image_folder)
