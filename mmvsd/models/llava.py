@@ -162,13 +162,16 @@ class LlavaTarget:
         ends = prefix_ends.to(device).repeat_interleave(length, dim=1)  # [B, M L]
         keys = torch.arange(t, device=device)
         allowed = torch.zeros(b, t + m * length, t + m * length, dtype=torch.bool, device=device)
-        allowed[:, :t, :t] = torch.ones(t, t, dtype=torch.bool, device=device).tril() & attention_mask.to(device).bool()[:, None]
+        causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
+        allowed[:, :t, :t] = causal & attention_mask.to(device).bool()[:, None]
         allowed[:, t:, :t] = keys <= ends[..., None]
         allowed[:, t:, t:] = (node_path[:, None] == node_path[None]) & (node_depth[None] <= node_depth[:, None])
         allowed[:, torch.arange(t), torch.arange(t)] = True  # padding rows see themselves (no NaN; never read)
         positions = torch.cat([torch.arange(t, device=device).expand(b, t), ends + 1 + node_depth], dim=1)
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device).masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask[:, None], position_ids=positions).last_hidden_state
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)  # additive, as in _tree_mask
+        hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask[:, None],
+                                     position_ids=positions).last_hidden_state
         return self.lm_head(hidden[:, t:]).float().view(b, m, length, -1)
 
     def _tree_mask(self, ancestors: torch.Tensor, prefix: int) -> torch.Tensor:
