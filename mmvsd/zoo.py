@@ -3,6 +3,7 @@
     python -m mmvsd.zoo build toy-s      # for tests and CI: ~9 min on 2 cores
     python -m mmvsd.zoo build toy-m      # for benchmarks and the demo: 8 layers, ~25 min on 2 cores
     python -m mmvsd.zoo list             # what is built, where, and its held-out accuracy
+    python -m mmvsd.zoo data             # the toy test splits as parquet for the lmms-eval tasks in eval/tasks
 
 Targets live under $MMVSD_HOME/targets (default ~/.cache/mmvsd), next to the toy-world datasets
 and the pretrained vision tower they share (built by the first build). A build is deterministic from
@@ -25,6 +26,7 @@ from mmvsd.errors import UserError
 class ZooConfig:
     home: str | None = opt(None, "where targets are kept (default: $MMVSD_HOME or ~/.cache/mmvsd)")
     force: bool = opt(False, "rebuild even if the target is already built")
+    out: str = opt("eval/tasks/data", "`data`: where the parquet files go (eval/tasks/*.yaml read them from there)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
 
@@ -58,6 +60,12 @@ def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
     from mmvsd.toyworld.build import TOY_SPECS, build_target, is_built, target_dir
 
     home = Path(cfg.home).expanduser() if cfg.home else None
+    if command == "data":
+        from mmvsd.toyworld.build import ensure_datasets
+        from mmvsd.toyworld.data import export_test_parquet
+
+        print(export_test_parquet(ensure_datasets(home, log=lambda m: print(m, file=sys.stderr)), Path(cfg.out)))
+        return
     if command == "list":
         for name, spec in TOY_SPECS.items():
             folder = target_dir(name, home)
@@ -93,8 +101,8 @@ def run(argv: list[str] | None = None) -> int:
     words = [a for a in argv if "=" not in a and not a.startswith("-")]
     options = [a for a in argv if a not in words]
     command, names = (words[0], words[1:]) if words else ("", [])
-    if command not in ("build", "list") and not any(a in ("-h", "--help") for a in argv):
-        print(f"error: expected `build NAME` or `list`, got {' '.join(words) or 'nothing'} (see --help)",
+    if command not in ("build", "list", "data") and not any(a in ("-h", "--help") for a in argv):
+        print(f"error: expected `build NAME`, `list` or `data`, got {' '.join(words) or 'nothing'} (see --help)",
               file=sys.stderr)
         return 2
     return cli.run(ZooConfig, lambda cfg: main(cfg, command, names), "mmvsd.zoo build NAME", __doc__, options)

@@ -69,7 +69,7 @@ def zoo(*args, home=None):
 
 
 @pytest.mark.parametrize("args, message", [
-    ((), "expected `build NAME` or `list`"),
+    ((), "expected `build NAME`, `list` or `data`"),
     (("build",), "name a target to build"),
     (("build", "toy-xl"), "unknown toy target 'toy-xl'"),
     (("build", "toy-s", "forse=true"), "unknown key"),

@@ -156,3 +156,14 @@ def _split_records(rng: random.Random, n: int, image_size: int, split_index: int
                      "description": description(sample, rng), "kind": "chart" if sample.is_chart else "scene",
                      "truth": truth_json(sample.truth), "image": sample.image})
     return {"vqav2": vqa, "chartqa": chart, "pope": pope, "descriptions": desc}
+
+
+def export_test_parquet(folder: Path, out: Path) -> Path:
+    """The test split of every dataset saved under `folder` as OUT/TASK_test.parquet: what the
+    lmms-eval tasks in eval/tasks read (parquet keeps the image feature)."""
+    from datasets import load_from_disk
+
+    out.mkdir(parents=True, exist_ok=True)
+    for task in ("vqav2", "chartqa", "pope", "descriptions"):
+        load_from_disk(str(folder / task))["test"].to_parquet(str(out / f"{task}_test.parquet"))
+    return out

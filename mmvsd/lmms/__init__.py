@@ -1,0 +1,1 @@
+"""The lmms-eval model plugin `mmvsd` (registered through the `lmms_eval.models` entry point)."""

@@ -1,0 +1,40 @@
+"""lmms-eval end to end: the `mmvsd` model plugin (found through its entry point) runs the mmvsd
+tasks on toy-world data; speculative answers and scores equal the target's own."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from mmvsd.toyworld.data import build_datasets, export_test_parquet
+
+TASKS = ["mmvsd_vqav2", "mmvsd_chartqa", "mmvsd_pope"]
+
+
+def lmms_eval(tasks: Path, out: Path, model_args: str) -> dict:
+    command = [sys.executable, "-m", "lmms_eval", "--model", "mmvsd", "--model_args", model_args,
+               "--tasks", ",".join(TASKS), "--include_path", str(tasks), "--batch_size", "1", "--limit", "3",
+               "--output_path", str(out), "--log_samples", "--verbosity", "DEBUG"]  # DEBUG re-raises errors
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    files = sorted(out.rglob("*_results.json"))
+    assert result.returncode == 0 and files, result.stderr[-3000:]  # the CLI exits 0 on failure: check the file
+    report = json.loads(files[-1].read_text())
+    report["answers"] = {task: [json.loads(line)["filtered_resps"] for line in next(out.rglob(f"*_samples_{task}.jsonl")).open()]
+                         for task in TASKS}
+    return report
+
+
+def test_lmms_eval_scores_speculative_answers_exactly_as_the_targets(tmp_path):
+    build_datasets(tmp_path / "toy", seed=0, image_size=128, sizes={"train": 1, "validation": 1, "test": 3})
+    tasks = tmp_path / "tasks"
+    shutil.copytree(Path(__file__).parent.parent / "eval" / "tasks", tasks, ignore=shutil.ignore_patterns("data"))
+    export_test_parquet(tmp_path / "toy", tasks / "data")
+
+    alone = lmms_eval(tasks, tmp_path / "alone", "target=tiny-random")
+    spec = lmms_eval(tasks, tmp_path / "spec", "target=tiny-random,drafter=eagle,depth=3,top_k=2,total_tokens=6")
+    for task, metric in zip(TASKS, ["exact_match,none", "relaxed_overall,none", "pope_accuracy,none"]):
+        assert metric in alone["results"][task] and alone["n-samples"][task]["effective"] == 3
+        assert alone["results"][task][metric] == spec["results"][task][metric]
+        assert alone["answers"][task] == spec["answers"][task]
+    assert "avg_tau" in json.dumps(spec["throughput"]) and "avg_tau" not in json.dumps(alone["throughput"])
