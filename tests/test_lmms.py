@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mmvsd.toyworld.data import build_datasets, export_test_parquet
 
-TASKS = ["mmvsd_vqav2", "mmvsd_chartqa", "mmvsd_pope"]
+TASKS = ["mmvsd_vqav2", "mmvsd_chartqa", "mmvsd_pope", "mmvsd_describe"]
 
 
 def lmms_eval(tasks: Path, out: Path, model_args: str) -> dict:
@@ -33,8 +35,25 @@ def test_lmms_eval_scores_speculative_answers_exactly_as_the_targets(tmp_path):
 
     alone = lmms_eval(tasks, tmp_path / "alone", "target=tiny-random")
     spec = lmms_eval(tasks, tmp_path / "spec", "target=tiny-random,drafter=eagle,depth=3,top_k=2,total_tokens=6")
-    for task, metric in zip(TASKS, ["exact_match,none", "relaxed_overall,none", "pope_accuracy,none"]):
+    for task, metric in zip(TASKS, ["exact_match,none", "relaxed_overall,none", "pope_accuracy,none", "chair_i,none"]):
         assert metric in alone["results"][task] and alone["n-samples"][task]["effective"] == 3
         assert alone["results"][task][metric] == spec["results"][task][metric]
         assert alone["answers"][task] == spec["answers"][task]
     assert "avg_tau" in json.dumps(spec["throughput"]) and "avg_tau" not in json.dumps(alone["throughput"])
+    assert "avg_acceptance_depth_3" in json.dumps(spec["throughput"])
+
+
+def test_chair_counts_stated_facts_that_are_not_in_the_image():
+    from mmvsd.lmms.tasks import describe_process_results, pooled_share
+    from mmvsd.toyworld.data import truth_json
+    from mmvsd.toyworld.scenes import Scene, Shape
+
+    scene = Scene(shapes=(Shape("circle", "red", "large", 0.17, 0.17),), background="grey")  # top left
+    doc = {"truth": truth_json(scene), "kind": "scene"}
+    right = describe_process_results(doc, ["There is one shape on a grey background. "
+                                           "A large red circle is in the top left corner."])
+    wrong = describe_process_results(doc, ["There are two shapes on a grey background. "
+                                           "A small blue square is in the top left corner."])
+    assert right == {"chair_i": (0, 3), "chair_s": 0.0, "fact_recall": 1.0}
+    assert wrong["chair_i"] == (2, 3) and wrong["chair_s"] == 1.0 and wrong["fact_recall"] == pytest.approx(1 / 3)
+    assert pooled_share([right["chair_i"], wrong["chair_i"]]) == 2 / 6

@@ -6,8 +6,8 @@ speculative decoding loop.
 
 model_args: target (an id as everywhere in mmvsd), drafter (a folder or a kind; absent = target
 alone), depth / top_k / total_tokens (the draft tree), temperature and top_p (overridden by a
-task's generation_kwargs), seed, dtype, device. Each request's tau and timings go to lmms-eval's
-throughput metrics (`avg_tau` etc. in the results JSON). A request that fails raises: lmms-eval
+task's generation_kwargs), seed, dtype, device. Each request's tau, acceptance by depth and timings
+go to lmms-eval's throughput metrics (`avg_tau`, `avg_acceptance_depth_1`, ... in the results JSON). A request that fails raises: lmms-eval
 would otherwise score a silent empty answer as wrong.
 """
 
@@ -76,7 +76,10 @@ class Mmvsd(lmms):
         for stop in gen_kwargs.get("until") or []:
             if stop and stop in answer:
                 answer = answer[: answer.index(stop)]
-        extra = {"tau": metrics.tau(steps)} if self.drafter else {}
+        extra = {}
+        if self.drafter:  # averaged over requests by lmms-eval: avg_tau, avg_acceptance_depth_1, ...
+            by_depth = metrics.acceptance_by_depth(steps, self.tree.depth)
+            extra = {"tau": metrics.tau(steps), **{f"acceptance_depth_{d + 1}": a for d, a in enumerate(by_depth)}}
         log_metrics(total_elapsed_time=seconds, total_gen_tokens=len(tokens),
                     avg_speed=len(tokens) / seconds if seconds else 0.0, additional_metrics=extra)
         return GenerationResult(text=answer.strip(), token_counts=TokenCounts(output_tokens=len(tokens)))
