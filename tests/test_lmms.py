@@ -22,8 +22,8 @@ def lmms_eval(tasks: Path, out: Path, model_args: str) -> dict:
     files = sorted(out.rglob("*_results.json"))
     assert result.returncode == 0 and files, result.stderr[-3000:]  # the CLI exits 0 on failure: check the file
     report = json.loads(files[-1].read_text())
-    report["answers"] = {task: [json.loads(line)["filtered_resps"] for line in next(out.rglob(f"*_samples_{task}.jsonl")).open()]
-                         for task in TASKS}
+    report["answers"] = {task: [json.loads(line)["filtered_resps"]
+                                for line in next(out.rglob(f"*_samples_{task}.jsonl")).open()] for task in TASKS}
     return report
 
 
@@ -57,3 +57,33 @@ def test_chair_counts_stated_facts_that_are_not_in_the_image():
     assert right == {"chair_i": (0, 3), "chair_s": 0.0, "fact_recall": 1.0}
     assert wrong["chair_i"] == (2, 3) and wrong["chair_s"] == 1.0 and wrong["fact_recall"] == pytest.approx(1 / 3)
     assert pooled_share([right["chair_i"], wrong["chair_i"]]) == 2 / 6
+
+
+def test_every_task_indexes_and_the_hub_switch_names_the_lmms_lab_datasets():
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.utils import load_yaml_config
+
+    tasks = Path(__file__).parent.parent / "eval" / "tasks"
+    names = set(TaskManager(include_path=str(tasks), include_defaults=False).all_tasks)
+    assert {*TASKS, "mmvsd_vqav2_hub", "mmvsd_chartqa_hub", "mmvsd_pope_hub"} <= names
+    for task, dataset in [("vqav2", "lmms-lab-encoder/VQAv2"), ("chartqa", "lmms-lab-encoder/ChartQA"),
+                          ("pope", "lmms-lab-encoder/POPE")]:
+        hub = load_yaml_config(str(tasks / "hub" / f"mmvsd_{task}_hub.yaml"), mode="simple")
+        local = load_yaml_config(str(tasks / f"mmvsd_{task}.yaml"), mode="simple")
+        assert hub["dataset_path"] == dataset and "token" not in hub["dataset_kwargs"]
+        assert hub["generation_kwargs"] == local["generation_kwargs"]
+        assert hub["process_results"].value == local["process_results"].value
+
+
+@pytest.mark.slow
+def test_the_runner_reports_identical_accuracy_and_speed(tmp_path):
+    """eval/run_lmms.py end to end on toy-s: every run checked, the report written."""
+    result = subprocess.run([sys.executable, "eval/run_lmms.py", "target=toy-s", "drafters=eagle", "limit=2",
+                             "depth=3", "top_k=2", "total_tokens=6", f"out={tmp_path}"],
+                            capture_output=True, text=True, timeout=900, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["drafters"]["eagle"]["identical"] is True and summary["drafters"]["eagle"]["speedup"] > 0
+    assert len(summary["drafters"]["eagle"]["acceptance_by_depth"]) == 3
+    assert "| mmvsd_pope (pope_accuracy) |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "acceptance_by_depth.png").stat().st_size > 1000

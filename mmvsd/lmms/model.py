@@ -6,9 +6,10 @@ speculative decoding loop.
 
 model_args: target (an id as everywhere in mmvsd), drafter (a folder or a kind; absent = target
 alone), depth / top_k / total_tokens (the draft tree), temperature and top_p (overridden by a
-task's generation_kwargs), seed, dtype, device. Each request's tau, acceptance by depth and timings
-go to lmms-eval's throughput metrics (`avg_tau`, `avg_acceptance_depth_1`, ... in the results JSON). A request that fails raises: lmms-eval
-would otherwise score a silent empty answer as wrong.
+task's generation_kwargs), seed, dtype, device. Each request's tau, acceptance by depth and
+timings go to lmms-eval's throughput metrics (`avg_tau`, `avg_acceptance_depth_1`, ... in the
+results JSON). A request that fails raises: lmms-eval would otherwise score a silent empty
+answer as wrong.
 """
 
 from __future__ import annotations

@@ -1,0 +1,145 @@
+"""`python eval/run_lmms.py [key=value ...]`: accuracy and speed of the target alone and of each
+drafter on the mmvsd lmms-eval tasks, in one report.
+
+Runs `python -m lmms_eval --model mmvsd` once for the target alone and once per drafter on the
+same tasks and documents, checks each run really produced its results (the lmms-eval CLI exits
+0 even when evaluation fails), and writes OUT/report.md (accuracy per task, identical to the
+target alone at T=0 or flagged loudly; speed-up over the target alone, tau, acceptance by
+depth), OUT/acceptance_by_depth.png and OUT/summary.json.
+
+    python eval/run_lmms.py drafters=runs/toy_msd/drafter,runs/toy_vispec/drafter
+    python eval/run_lmms.py target=toy-s drafters=eagle limit=5      # a quick look
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmvsd import cli
+from mmvsd.config import opt
+from mmvsd.errors import UserError
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+METRICS = {"mmvsd_vqav2": "exact_match", "mmvsd_chartqa": "relaxed_overall", "mmvsd_pope": "pope_accuracy",
+           "mmvsd_describe": "chair_i"}
+
+
+@dataclass
+class RunConfig:
+    """The target alone vs each drafter through lmms-eval."""
+
+    target: str = opt("toy-m", "the target, as everywhere in mmvsd")
+    drafters: str = opt("runs/toy_msd/drafter", "drafter folders or kinds, comma-separated")
+    tasks: str = opt(",".join(METRICS), "lmms-eval tasks, comma-separated")
+    limit: int = opt(50, "documents per task (0 = all)")
+    depth: int = opt(10, "draft tree depth")
+    top_k: int = opt(2, "draft tree top_k")
+    total_tokens: int = opt(16, "draft tree total_tokens")
+    out: str = opt("eval/lmms", "folder for report.md, acceptance_by_depth.png, summary.json and the raw runs")
+    dry_run: bool = opt(False, "print the resolved config and exit")
+
+
+def evaluate(cfg: RunConfig, name: str, model_args: str) -> dict:
+    """One lmms-eval run; its results JSON and per-task answers, or a clear error."""
+    out = Path(cfg.out) / "runs" / name
+    command = [sys.executable, "-m", "lmms_eval", "--model", "mmvsd", "--model_args", model_args,
+               "--tasks", cfg.tasks, "--include_path", str(TASKS_DIR), "--batch_size", "1",
+               "--output_path", str(out), "--log_samples", "--verbosity", "DEBUG",
+               *(["--limit", str(cfg.limit)] if cfg.limit else [])]
+    print(f"lmms-eval: {name}", file=sys.stderr, flush=True)
+    before = set(out.rglob("*_results.json"))
+    result = subprocess.run(command, capture_output=True, text=True)
+    new = sorted(set(out.rglob("*_results.json")) - before)
+    if result.returncode != 0 or not new:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"lmms-eval run {name!r} failed (exit {result.returncode}, no results file): {tail}")
+    report = json.loads(new[-1].read_text())
+    missing = [t for t in cfg.tasks.split(",") if t not in report["results"]]
+    if missing:
+        raise UserError(f"lmms-eval run {name!r} has no results for {', '.join(missing)}")
+    report["answers"] = {task: [json.loads(line)["filtered_resps"] for line in
+                                sorted(new[-1].parent.glob(f"*_samples_{task}.jsonl"))[-1].open()]
+                         for task in cfg.tasks.split(",")}
+    return report
+
+
+def main(cfg: RunConfig) -> None:
+    from mmvsd.toyworld.build import ensure_datasets
+    from mmvsd.toyworld.data import export_test_parquet
+
+    if not (TASKS_DIR / "data" / "vqav2_test.parquet").is_file():
+        export_test_parquet(ensure_datasets(log=lambda m: print(m, file=sys.stderr)), TASKS_DIR / "data")
+    tree = f"depth={cfg.depth},top_k={cfg.top_k},total_tokens={cfg.total_tokens}"
+    alone = evaluate(cfg, "target_alone", f"target={cfg.target}")
+    runs = {d: evaluate(cfg, f"drafter_{i}", f"target={cfg.target},drafter={d},{tree}")
+            for i, d in enumerate(cfg.drafters.split(","))}
+    out = Path(cfg.out)
+    summary = summarize(cfg, alone, runs)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.md").write_text(report_markdown(cfg, summary))
+    plot(summary, out / "acceptance_by_depth.png")
+    print((out / "report.md").read_text())
+    if any(not row["identical"] for row in summary["drafters"].values()):
+        raise UserError("speculative answers differ from the target's at T=0: see report.md (a losslessness bug)")
+
+
+def summarize(cfg: RunConfig, alone: dict, runs: dict[str, dict]) -> dict:
+    tasks = cfg.tasks.split(",")
+
+    def scores(report: dict) -> dict:
+        return {t: report["results"][t].get(f"{METRICS.get(t, 'exact_match')},none") for t in tasks}
+
+    base_seconds = alone["throughput"]["total_elapsed_time"]
+    summary = {"target": cfg.target, "tasks": tasks, "n": {t: alone["n-samples"][t]["effective"] for t in tasks},
+               "alone": scores(alone), "drafters": {}}
+    for name, report in runs.items():
+        t = report["throughput"]
+        depth = sorted((k for k in t if k.startswith("avg_acceptance_depth_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+        summary["drafters"][name] = {
+            "scores": scores(report), "identical": report["answers"] == alone["answers"],
+            "speedup": base_seconds / t["total_elapsed_time"], "tau": t.get("avg_tau"),
+            "acceptance_by_depth": [t[k] for k in depth]}
+    return summary
+
+
+def report_markdown(cfg: RunConfig, s: dict) -> str:
+    names = list(s["drafters"])
+    lines = [f"lmms-eval on {s['target']} ({', '.join(f'{t}: {n} docs' for t, n in s['n'].items())}), greedy; "
+             f"tree {cfg.depth}/{cfg.top_k}/{cfg.total_tokens}.", "",
+             "| task (metric) | target alone | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for task in s["tasks"]:
+        cells = []
+        for name in names:
+            score = s["drafters"][name]["scores"][task]
+            cells.append(f"{score:.4f}" + ("" if score == s["alone"][task] else " **DIFFERS**"))
+        lines.append(f"| {task} ({METRICS.get(task, 'exact_match')}) | {s['alone'][task]:.4f} | " + " | ".join(cells) + " |")
+    for label, key, fmt in (("answers identical to the target's", "identical", "{}"),
+                            ("speed-up (generation time)", "speedup", "{:.2f}x"), ("tau (incl. bonus)", "tau", "{:.2f}")):
+        lines.append(f"| {label} | | " + " | ".join(fmt.format(s["drafters"][n][key]) for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(s: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, row in s["drafters"].items():
+        ax.plot(range(1, len(row["acceptance_by_depth"]) + 1), row["acceptance_by_depth"], marker="o", label=name)
+    ax.set_xlabel("draft depth")
+    ax.set_ylabel("share of steps accepting this deep")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"acceptance by depth on the lmms-eval tasks ({s['target']})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(RunConfig, main, "eval/run_lmms.py", __doc__))
