@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-slow venv clean
+.PHONY: run test test-slow test-browser venv clean
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ test: venv
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# The demo in a real headless browser: needs Debian's chromium (apt-get install chromium).
+test-browser: venv
+	$(PY) -m pytest -q -m browser; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 clean:
 	rm -rf $(VENV) runs
