@@ -89,15 +89,14 @@ def tree_svg(step: dict) -> str:
     accepted = set(step["path"])
     rows: dict[int, int] = {}
     y_of = []
-    for node, depth in enumerate(depths):
+    for depth in depths:
         y_of.append(rows.get(depth, 0))
         rows[depth] = rows.get(depth, 0) + 1
     width, height = 90, 30
     nodes = [(depths[i], y_of[i], texts[i], "accepted" if i in accepted else "rejected", parents[i])
              for i in range(len(tokens))]
     last = step["path"][-1]
-    nodes.append((depths[last] + 1, max(rows.get(depths[last] + 1, 0), 0), step["bonus_text"], "bonus", last))
-    y_of.append(nodes[-1][1])
+    nodes.append((depths[last] + 1, rows.get(depths[last] + 1, 0), step["bonus_text"], "bonus", last))
     cols = max(n[0] for n in nodes) + 1
     rows_total = max(n[1] for n in nodes) + 1
     colour = {"accepted": "#2e9e4f", "rejected": "#b8b8b8", "bonus": "#f08c00"}
