@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import html
 import os
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +79,40 @@ def example_images(folder: Path, n: int = 3) -> list[str]:
         request.image.save(path)
         paths.append(str(path))
     return paths
+
+
+# Decoding runs in the main thread. torch's CPU thread pool is tied to the thread that first used
+# it: the same toy-m loop ran at 242 tokens/s in the main thread and at 83 in any other thread
+# (both pools then compete for the cores), and gradio runs handlers in worker threads. So the
+# main thread, once the server is up, serves the decoding jobs that the handlers queue here.
+JOBS: queue.Queue = queue.Queue()
+
+
+def in_decoder_thread(steps):
+    """Iterate a step generator in the main thread, handing each step over through a queue."""
+    if threading.current_thread() is threading.main_thread():  # e.g. --autorun, before the server
+        yield from steps
+        return
+    handover: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        try:
+            for step in steps:
+                handover.put(step)
+        except BaseException as e:  # re-raised in the handler's thread
+            handover.put(e)
+        handover.put(None)
+
+    JOBS.put(work)
+    while (item := handover.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def serve_decoding_jobs() -> None:
+    while True:
+        JOBS.get()()
 
 
 # ------------------------------------------------------------------ drawing
@@ -167,7 +203,7 @@ def build_app(target, drafters: dict, examples: list[str], max_new_tokens: int, 
         # Speeds count the decoding steps' own time (Step.seconds), not the UI's work between them, and
         # the UI is updated at most every UPDATE_EVERY_S so that its work does not slow the steps down.
         tokens, alone_s, shown_at = [], 0.0, time.perf_counter()
-        for step in autoregressive_generate(target, prompt_ids, cfg):
+        for step in in_decoder_thread(autoregressive_generate(target, prompt_ids, cfg)):
             tokens += step.tokens
             alone_s += step.seconds
             if time.perf_counter() - shown_at > UPDATE_EVERY_S:
@@ -176,7 +212,7 @@ def build_app(target, drafters: dict, examples: list[str], max_new_tokens: int, 
         alone_text = target.decode(tokens)
         alone_stats = f"{len(tokens)} tokens, {len(tokens) / alone_s:.0f} tokens/s"
         spec_tokens, steps, trace, spec_s = [], [], [], 0.0
-        for step in speculative_generate(target, drafter, prompt_ids, cfg):
+        for step in in_decoder_thread(speculative_generate(target, drafter, prompt_ids, cfg)):
             spec_tokens += step.tokens
             steps.append(step)
             spec_s += step.seconds
@@ -274,7 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = build_app(target, drafters, examples, args.max_new_tokens, args.autorun)
     app.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, show_error=True,
-                                                  allowed_paths=[str(Path(examples[0]).parent)])
+                                                  allowed_paths=[str(Path(examples[0]).parent)],
+                                                  prevent_thread_lock=True)
+    try:
+        serve_decoding_jobs()
+    except KeyboardInterrupt:
+        app.close()
     return 0
 
 
