@@ -17,7 +17,6 @@ import argparse
 import html
 import os
 import queue
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,17 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def default_drafter(target: str) -> str:
-    """The demo's trained MSD drafter for toy-m, trained the first time (resumable)."""
-    home = Path(os.environ.get("MMVSD_HOME", "~/.cache/mmvsd")).expanduser()
-    out = home / "demo" / f"{target}_msd"
+    """The demo's trained MSD drafter for `target`, trained the first time (resumable)."""
+    from mmvsd.train import train_once
+
+    out = Path(os.environ.get("MMVSD_HOME", "~/.cache/mmvsd")).expanduser() / "demo" / f"{target}_msd"
     if not (out / "drafter" / "model.safetensors").is_file():
         print(f"training the demo's MSD drafter for {target} in {out} (once, ~2 min)", file=sys.stderr)
-        resume = ["resume=true"] if (out / "checkpoint.pt").is_file() else []
-        command = [sys.executable, "-m", "mmvsd.train", "recipe=toy_msd", f"target={target}", f"output_dir={out}",
-                   "eval_n=0", *resume]
-        if subprocess.run(command).returncode != 0:
-            raise UserError(f"training the demo's drafter failed; run {' '.join(command[1:])} to see why")
-    return str(out / "drafter")
+    return str(train_once(["recipe=toy_msd", f"target={target}"], out))
 
 
 def example_images(folder: Path, n: int = 3) -> list[str]:
@@ -88,7 +83,7 @@ def example_images(folder: Path, n: int = 3) -> list[str]:
 JOBS: queue.Queue = queue.Queue()
 
 
-def in_decoder_thread(steps):
+def in_main_thread(steps):
     """Iterate a step generator in the main thread, handing each step over through a queue."""
     if threading.current_thread() is threading.main_thread():  # e.g. --autorun, before the server
         yield from steps
@@ -203,7 +198,7 @@ def build_app(target, drafters: dict, examples: list[str], max_new_tokens: int, 
         # Speeds count the decoding steps' own time (Step.seconds), not the UI's work between them, and
         # the UI is updated at most every UPDATE_EVERY_S so that its work does not slow the steps down.
         tokens, alone_s, shown_at = [], 0.0, time.perf_counter()
-        for step in in_decoder_thread(autoregressive_generate(target, prompt_ids, cfg)):
+        for step in in_main_thread(autoregressive_generate(target, prompt_ids, cfg)):
             tokens += step.tokens
             alone_s += step.seconds
             if time.perf_counter() - shown_at > UPDATE_EVERY_S:
@@ -212,7 +207,7 @@ def build_app(target, drafters: dict, examples: list[str], max_new_tokens: int, 
         alone_text = target.decode(tokens)
         alone_stats = f"{len(tokens)} tokens, {len(tokens) / alone_s:.0f} tokens/s"
         spec_tokens, steps, trace, spec_s = [], [], [], 0.0
-        for step in in_decoder_thread(speculative_generate(target, drafter, prompt_ids, cfg)):
+        for step in in_main_thread(speculative_generate(target, drafter, prompt_ids, cfg)):
             spec_tokens += step.tokens
             steps.append(step)
             spec_s += step.seconds

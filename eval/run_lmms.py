@@ -14,7 +14,6 @@ depth), OUT/acceptance_by_depth.png and OUT/summary.json.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,27 +43,10 @@ class RunConfig:
 
 
 def evaluate(cfg: RunConfig, name: str, model_args: str) -> dict:
-    """One lmms-eval run; its results JSON and per-task answers, or a clear error."""
-    out = Path(cfg.out) / "runs" / name
-    command = [sys.executable, "-m", "lmms_eval", "--model", "mmvsd", "--model_args", model_args,
-               "--tasks", cfg.tasks, "--include_path", str(TASKS_DIR), "--batch_size", "1",
-               "--output_path", str(out), "--log_samples", "--verbosity", "DEBUG",
-               *(["--limit", str(cfg.limit)] if cfg.limit else [])]
+    from mmvsd.lmms.runner import run_lmms_eval
+
     print(f"lmms-eval: {name}", file=sys.stderr, flush=True)
-    before = set(out.rglob("*_results.json"))
-    result = subprocess.run(command, capture_output=True, text=True)
-    new = sorted(set(out.rglob("*_results.json")) - before)
-    if result.returncode != 0 or not new:
-        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"lmms-eval run {name!r} failed (exit {result.returncode}, no results file): {tail}")
-    report = json.loads(new[-1].read_text())
-    missing = [t for t in cfg.tasks.split(",") if t not in report["results"]]
-    if missing:
-        raise UserError(f"lmms-eval run {name!r} has no results for {', '.join(missing)}")
-    report["answers"] = {task: [json.loads(line)["filtered_resps"] for line in
-                                sorted(new[-1].parent.glob(f"*_samples_{task}.jsonl"))[-1].open()]
-                         for task in cfg.tasks.split(",")}
-    return report
+    return run_lmms_eval(model_args, cfg.tasks.split(","), TASKS_DIR, Path(cfg.out) / "runs" / name, cfg.limit)
 
 
 def main(cfg: RunConfig) -> None:

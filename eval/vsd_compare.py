@@ -15,7 +15,6 @@ training runs go to OUT/runs/ and are reused when the command is run again.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 from mmvsd import cli
 from mmvsd.config import BenchConfig, TreeConfig, opt
 from mmvsd.errors import UserError
+from mmvsd.train import train_once
 
 
 @dataclass
@@ -49,19 +49,6 @@ def variants(cfg: CompareConfig, kind: str) -> list[tuple[str, list[str]]]:
     return rows
 
 
-def train(args: list[str], out: Path) -> Path:
-    """Run `python -m mmvsd.train` once: a finished run (its drafter/ is written at the end) is
-    reused, a killed one resumed."""
-    if (out / "drafter" / "model.safetensors").is_file():
-        return out / "drafter"
-    resume = ["resume=true"] if (out / "checkpoint.pt").is_file() else []
-    command = [sys.executable, "-m", "mmvsd.train", *args, f"output_dir={out}", "eval_n=0", *resume]
-    print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
-    if subprocess.run(command).returncode != 0:
-        raise UserError(f"training failed: {' '.join(command[1:])}")
-    return out / "drafter"
-
-
 def bench(cfg: CompareConfig, drafter: Path, temperature: float) -> dict:
     from mmvsd.bench import run_bench
 
@@ -78,11 +65,11 @@ def main(cfg: CompareConfig) -> None:
     temperatures = [float(t) for t in cfg.temperatures.split(",")]
     results = []
     for kind in cfg.kinds.split(","):
-        base = train([f"recipe=toy_{kind}", f"target={cfg.target}"], runs / f"{kind}_baseline")
+        base = train_once([f"recipe=toy_{kind}", f"target={cfg.target}"], runs / f"{kind}_baseline")
         results.append({"kind": kind, "label": "baseline", "drafter": str(base)})
         for label, overrides in variants(cfg, kind):
             slug = label.replace("+VSD", "vsd").replace(":", "").replace(",", "").replace("=", "").replace(" ", "_").lower()
-            drafter = train([f"recipe=toy_{kind}_vsd", f"target={cfg.target}", f"drafter={base}",
+            drafter = train_once([f"recipe=toy_{kind}_vsd", f"target={cfg.target}", f"drafter={base}",
                              f"steps={cfg.steps}", *overrides], runs / f"{kind}_{slug}")
             results.append({"kind": kind, "label": label, "drafter": str(drafter)})
     for row in results:

@@ -171,6 +171,21 @@ def self_fed_losses(model, batch, lm_head, cfg: TrainConfig, predicted=None):
     return total, first
 
 
+def train_once(args: list[str], out: Path) -> Path:
+    """Run `python -m mmvsd.train ARGS output_dir=OUT` in a process of its own, once: a finished
+    run (drafter/ is written at its end) is reused, a killed one resumed. Returns OUT/drafter."""
+    import subprocess
+
+    if (out / "drafter" / "model.safetensors").is_file():
+        return out / "drafter"
+    resume = ["resume=true"] if (out / "checkpoint.pt").is_file() else []
+    command = [sys.executable, "-m", "mmvsd.train", *args, f"output_dir={out}", "eval_n=0", *resume]
+    print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
+    if subprocess.run(command).returncode != 0:
+        raise UserError(f"training failed; run {' '.join(command[1:])} to see why")
+    return out / "drafter"
+
+
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines(keepends=True) if path.is_file() else []
 

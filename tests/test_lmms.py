@@ -1,5 +1,6 @@
 """lmms-eval end to end: the `mmvsd` model plugin (found through its entry point) runs the mmvsd
-tasks on toy-world data; speculative answers and scores equal the target's own."""
+tasks on toy-world data; speculative answers and scores equal the target's own. `run_lmms_eval`
+fails unless lmms-eval wrote results for every task (its CLI exits 0 on failure)."""
 
 import json
 import shutil
@@ -9,22 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from mmvsd.lmms.runner import run_lmms_eval
 from mmvsd.toyworld.data import build_datasets, export_test_parquet
 
 TASKS = ["mmvsd_vqav2", "mmvsd_chartqa", "mmvsd_pope", "mmvsd_describe"]
-
-
-def lmms_eval(tasks: Path, out: Path, model_args: str) -> dict:
-    command = [sys.executable, "-m", "lmms_eval", "--model", "mmvsd", "--model_args", model_args,
-               "--tasks", ",".join(TASKS), "--include_path", str(tasks), "--batch_size", "1", "--limit", "3",
-               "--output_path", str(out), "--log_samples", "--verbosity", "DEBUG"]  # DEBUG re-raises errors
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    files = sorted(out.rglob("*_results.json"))
-    assert result.returncode == 0 and files, result.stderr[-3000:]  # the CLI exits 0 on failure: check the file
-    report = json.loads(files[-1].read_text())
-    report["answers"] = {task: [json.loads(line)["filtered_resps"]
-                                for line in next(out.rglob(f"*_samples_{task}.jsonl")).open()] for task in TASKS}
-    return report
 
 
 def test_lmms_eval_scores_speculative_answers_exactly_as_the_targets(tmp_path):
@@ -33,8 +22,9 @@ def test_lmms_eval_scores_speculative_answers_exactly_as_the_targets(tmp_path):
     shutil.copytree(Path(__file__).parent.parent / "eval" / "tasks", tasks, ignore=shutil.ignore_patterns("data"))
     export_test_parquet(tmp_path / "toy", tasks / "data")
 
-    alone = lmms_eval(tasks, tmp_path / "alone", "target=tiny-random")
-    spec = lmms_eval(tasks, tmp_path / "spec", "target=tiny-random,drafter=eagle,depth=3,top_k=2,total_tokens=6")
+    alone = run_lmms_eval("target=tiny-random", TASKS, tasks, tmp_path / "alone", limit=3)
+    spec = run_lmms_eval("target=tiny-random,drafter=eagle,depth=3,top_k=2,total_tokens=6", TASKS, tasks,
+                         tmp_path / "spec", limit=3)
     for task, metric in zip(TASKS, ["exact_match,none", "relaxed_overall,none", "pope_accuracy,none", "chair_i,none"]):
         assert metric in alone["results"][task] and alone["n-samples"][task]["effective"] == 3
         assert alone["results"][task][metric] == spec["results"][task][metric]
