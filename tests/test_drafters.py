@@ -13,10 +13,16 @@ from mmvsd.models.llava import LlavaTarget
 from mmvsd.models.tiny import build_tiny_random
 
 
-def first_tree(target, drafter, prompt):
+def begun(target, drafter, prompt):
+    """Prefill `prompt`, start `drafter` on it; the prefill and the pairs' tokens, ending on the
+    target's first token (as the decoding loop does)."""
     prefill = target.prefill(prompt)
     drafter.begin(prompt.input_ids, prefill)
-    tokens = torch.cat([prompt.input_ids[1:], prefill.logits.argmax()[None]])
+    return prefill, torch.cat([prompt.input_ids[1:], prefill.logits.argmax()[None]])
+
+
+def first_tree(target, drafter, prompt):
+    prefill, tokens = begun(target, drafter, prompt)
     return drafter.propose(prefill.hidden, tokens, TreeConfig())
 
 
@@ -75,9 +81,7 @@ def test_msd_reads_the_image_embeddings_and_eagle_does_not(tiny_target, rng):
     drafter = build_drafter("msd", tiny_target, seed=1)
     assert isinstance(drafter, MsdDrafter)
     prompt = tiny_target.encode(random_image(rng), "describe")
-    prefill = tiny_target.prefill(prompt)
-    drafter.begin(prompt.input_ids, prefill)
-    tokens = torch.cat([prompt.input_ids[1:], prefill.logits.argmax()[None]])
+    prefill, tokens = begun(tiny_target, drafter, prompt)
     with torch.inference_mode():  # as in decoding
         x, positions = drafter.embed_pairs(prefill.hidden, tokens)
     image_pairs = prompt.input_ids[1:] == tiny_target.image_token_id
@@ -91,9 +95,7 @@ def test_vispec_compresses_each_image_and_starts_as_eagle(tiny_target, rng):
     drafter = build_drafter("vispec", tiny_target, seed=1)
     assert isinstance(drafter, VispecDrafter)
     prompt = tiny_target.encode(random_image(rng), "describe the image")
-    prefill = tiny_target.prefill(prompt)
-    drafter.begin(prompt.input_ids, prefill)
-    tokens = torch.cat([prompt.input_ids[1:], prefill.logits.argmax()[None]])
+    prefill, tokens = begun(tiny_target, drafter, prompt)
     with torch.inference_mode():
         x, positions = drafter.embed_pairs(prefill.hidden, tokens)
         h, e = prefill.hidden[-3:], tokens[-3:]
@@ -115,9 +117,8 @@ def test_training_rollouts_draft_what_decoding_drafts(tiny_target, rng, kind):
 
     drafter = build_drafter(kind, tiny_target, seed=3)
     prompt = tiny_target.encode(random_image(rng), random_prompt(rng))
-    prefill = tiny_target.prefill(prompt)
+    prefill, tokens = begun(tiny_target, drafter, prompt)  # the training pass below resets the drafter
     features = prefill.hidden  # pair j: (h_j, x_{j+1})
-    tokens = torch.cat([prompt.input_ids[1:], prefill.logits.argmax()[None]])
     n, depth = len(tokens), 4
     contexts = torch.tensor([n - 1, n - 3, n - 6])
     rollout = Rollout(contexts[None], depth, lambda b, logits, level: logits.argmax(-1))

@@ -134,9 +134,10 @@ def vsd_step(model, target, batch: DraftBatch, cfg: VsdConfig, generator: torch.
     the training-time metrics."""
     b = batch.tokens.shape[0]
     c, s, length = cfg.contexts, cfg.num_proposals, cfg.depth
-    contexts, valid = pick_contexts(batch.loss_mask, c, generator)  # [B, C]
     device = batch.tokens.device
-    rows = contexts.repeat_interleave(s + 1, dim=1).to(device)  # [B, C (S + 1)]: S samples, then the greedy path
+    contexts, valid = pick_contexts(batch.loss_mask, c, generator)  # [B, C]
+    contexts, valid = contexts.to(device), valid.to(device)
+    rows = contexts.repeat_interleave(s + 1, dim=1)  # [B, C (S + 1)]: S samples, then the greedy path
 
     def pick(_, logits: torch.Tensor, level: int) -> torch.Tensor:
         logits = logits.detach().view(c, s + 1, -1)
@@ -150,9 +151,10 @@ def vsd_step(model, target, batch: DraftBatch, cfg: VsdConfig, generator: torch.
     paths = paths.view(b * c, s + 1, length)
     greedy, paths, draft_logits = paths[:, s], paths[:, :s], draft_logits[:, :s]
 
-    after_nodes = target.path_logits(batch.input_ids, batch.attention_mask, batch.image_embeds,
-                                     (contexts.to(device) + 1).repeat_interleave(s, dim=1), paths.reshape(b, c * s, length))  # [B, C S, L, V]
-    first = batch.next_logits[torch.arange(b, device=device)[:, None], contexts.to(device)]  # [B, C, V]
+    prefix_ends = (contexts + 1).repeat_interleave(s, dim=1)  # a context's pair ends on token context + 1
+    after_nodes = target.path_logits(batch.input_ids, batch.attention_mask, batch.image_embeds, prefix_ends,
+                                     paths.reshape(b, c * s, length))  # [B, C S, L, V]
+    first = batch.next_logits[torch.arange(b, device=device)[:, None], contexts]  # [B, C, V]
     target_logits = torch.cat([first[:, :, None, None].expand(-1, -1, s, 1, -1).reshape(b * c, s, 1, -1),
                                after_nodes.view(b * c, s, length, -1)[:, :, :-1]], dim=2)  # [BC, S, L, V]
     alpha, log_ratio = acceptance(paths, draft_logits, target_logits, cfg.temperature, cfg.target_temperature)
@@ -161,7 +163,7 @@ def vsd_step(model, target, batch: DraftBatch, cfg: VsdConfig, generator: torch.
         w, _ = arw_weights(survival.cpu(), log_ratio.cpu(), cfg.arw_gamma, cfg.ess_floor)
     else:
         w = plain_weights(survival.cpu(), log_ratio.cpu())
-    w = w.to(device) * valid.repeat_interleave(c).to(device)[:, None]
+    w = w.to(device) * valid.repeat_interleave(c)[:, None]
     log_q = torch.log_softmax(draft_logits, -1).gather(-1, paths[..., None])[..., 0]  # temperature 1, with grad
     loss = cfg.weight * weighted_path_nll(log_q, survival, w)
     if cfg.car:
