@@ -6,9 +6,9 @@ draft tree drawn as it is verified.
     python demo/app.py --target llava-hf/llava-1.5-7b-hf --drafter runs/llava7b_msd/drafter --device cuda
     python demo/app.py --host 0.0.0.0 --port 8080         # listen beyond this machine
 
-With no --drafter it uses the MSD drafter trained for toy-m under $MMVSD_HOME/demo/, training it
-the first time (recipe toy_msd, ~2 min on a CPU, progress in the terminal); the toy-m target is
-built on first use too (~25 min, once).
+With no --drafter it uses the MSD drafter shipped for the toy target (toy-m-msd, toy-s-msd); for
+any other target it trains one under $MMVSD_HOME/demo/ the first time (recipe toy_msd, progress
+in the terminal).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from mmvsd import metrics  # noqa: E402
 from mmvsd.config import DecodeConfig, TreeConfig  # noqa: E402
 from mmvsd.decoding.speculative import autoregressive_generate, speculative_generate  # noqa: E402
-from mmvsd.drafters import load_drafter  # noqa: E402
+from mmvsd.drafters import DRAFTERS, load_drafter  # noqa: E402
 from mmvsd.errors import UserError  # noqa: E402
 from mmvsd.images import load_image  # noqa: E402
 from mmvsd.models import load_target  # noqa: E402
@@ -55,9 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def default_drafter(target: str) -> str:
-    """The demo's trained MSD drafter for `target`, trained the first time (resumable)."""
+    """The MSD drafter shipped for `target` (toy-s, toy-m), or one trained the first time (resumable)."""
+    from mmvsd.drafters import shipped_drafters
     from mmvsd.train import train_once
 
+    if f"{target}-msd" in shipped_drafters():
+        return f"{target}-msd"
     out = Path(os.environ.get("MMVSD_HOME", "~/.cache/mmvsd")).expanduser() / "demo" / f"{target}_msd"
     if not (out / "drafter" / "model.safetensors").is_file():
         print(f"training the demo's MSD drafter for {target} in {out} (once, ~2 min)", file=sys.stderr)
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_grad_enabled(False)
         target = load_target(args.target, args.dtype, args.device)
         drafter_name = args.drafter or default_drafter(args.target)
-        drafters = {f"trained: {drafter_name}" if Path(drafter_name).is_dir() else drafter_name:
+        drafters = {drafter_name if drafter_name in DRAFTERS else f"trained: {drafter_name}":
                     load_drafter(drafter_name, target)}
         if "eagle" not in drafters:
             drafters["eagle (untrained: still lossless, rarely accepted)"] = load_drafter("eagle", target)

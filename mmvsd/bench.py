@@ -108,7 +108,7 @@ def builtin_requests(n: int, seed: int) -> list[Request]:
     from mmvsd.toyworld.language import DESCRIBE_PROMPTS
 
     rng = random.Random(f"bench-{seed}")  # a stream of its own: not the images targets are trained on
-    return [Request(f"builtin-{i}", random_sample(rng, 128).image, DESCRIBE_PROMPTS[i % len(DESCRIBE_PROMPTS)])
+    return [Request(f"builtin-{i}", random_sample(rng, 336).image, DESCRIBE_PROMPTS[i % len(DESCRIBE_PROMPTS)])
             for i in range(n)]
 
 

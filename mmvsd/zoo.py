@@ -1,14 +1,17 @@
-"""`python -m mmvsd.zoo`: build or find the toy world's targets.
+"""`python -m mmvsd.zoo`: the toy world's targets: shipped, rebuilt, reported.
 
-    python -m mmvsd.zoo build toy-s      # for tests and CI: ~9 min on 2 cores
-    python -m mmvsd.zoo build toy-m      # for benchmarks and the demo: 8 layers, ~25 min on 2 cores
-    python -m mmvsd.zoo list             # what is built, where, and its held-out accuracy
+    python -m mmvsd.zoo report toy-m     # the shipped target's held-out accuracy, blind controls, samples
+    python -m mmvsd.zoo report toy-s remeasure=10   # and measure it again now, 10 questions per family
+    python -m mmvsd.zoo list             # shipped and built targets, where, and their accuracy
+    python -m mmvsd.zoo build toy-s      # rebuild it from nothing under $MMVSD_HOME
+    python -m mmvsd.zoo build toy-m ship=true   # rebuild, then copy it into the package (maintainers)
     python -m mmvsd.zoo data             # the toy test splits as parquet for the lmms-eval tasks in eval/tasks
 
-Targets live under $MMVSD_HOME/targets (default ~/.cache/mmvsd), next to the toy-world datasets
-and the pretrained vision tower they share (built by the first build). A build is deterministic from
-its seed, resumes if interrupted, prints a report (held-out accuracy per question family next
-to blind baselines, sample descriptions, per-token decode time) and prints the folder last.
+toy-s and toy-m ship trained inside the package (mmvsd/weights/targets): nothing is built on the
+way to a benchmark. A build lives under $MMVSD_HOME/targets (default ~/.cache/mmvsd), next to the
+toy-world datasets; it is deterministic from its seed, resumes if interrupted, prints its report
+(held-out accuracy per question family next to blind controls, sample descriptions, per-token
+decode time) and prints the folder last.
 """
 
 from __future__ import annotations
@@ -26,23 +29,29 @@ from mmvsd.errors import UserError
 class ZooConfig:
     home: str | None = opt(None, "where targets are kept (default: $MMVSD_HOME or ~/.cache/mmvsd)")
     force: bool = opt(False, "rebuild even if the target is already built")
+    ship: bool = opt(False, "`build`: copy the built target into the package (mmvsd/weights/targets)")
+    remeasure: int = opt(0, "`report`: measure again now on this many held-out questions per family (0: no)")
     out: str = opt("eval/tasks/data", "`data`: where the parquet files go (eval/tasks/*.yaml read them from there)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
 
 def format_report(name: str, report: dict) -> str:
     summary, families = report["summary"], report["families"]
-    lines = [f"{name}: held-out accuracy (greedy; blind baselines: the same question about another image, "
-             "and the most common training answer)",
-             f"  {'family':<18} {'n':>4} {'accuracy':>9} {'wrong image':>12} {'majority':>9}"]
+    lines = [f"{name}: held-out accuracy (greedy; blind controls: the same question about another image, "
+             "about a blank image, and the most common training answer)",
+             f"  {'family':<18} {'n':>4} {'accuracy':>9} {'wrong image':>12} {'blank':>7} {'majority':>9}  extra"]
     for family, row in families.items():
+        extra = f"F1 {row['f1']:.2f}, yes-ratio {row['yes_ratio']:.2f}" if "f1" in row else ""
         lines.append(f"  {family:<18} {row['n']:>4} {row['accuracy']:>9.1%} {row['shuffled_image_accuracy']:>12.1%} "
-                     f"{row['majority_answer_accuracy']:>9.1%}")
+                     f"{row.get('blank_image_accuracy', float('nan')):>7.1%} {row['majority_answer_accuracy']:>9.1%}  "
+                     f"{extra}")
     lines += [f"  shapes {summary['shapes']:.1%} (wrong image {summary['shapes_shuffled_image']:.1%}), "
               f"POPE {summary['pope']:.1%}, chart values {summary['chart_values']:.1%}, charts {summary['charts']:.1%}",
               f"  description facts F1 {summary['description_fact_f1']:.2f} "
-              f"(with a wrong image {summary['description_fact_f1_wrong_image']:.2f})",
-              f"  decode {report['decode_ms_per_token']:.1f} ms/token; built in {report['build_seconds'] / 60:.1f} min"]
+              f"(with a wrong image {summary['description_fact_f1_wrong_image']:.2f})"
+              + (f", CHAIR_i {summary['chair_i']:.2f}" if "chair_i" in summary else ""),
+              f"  decode {report['decode_ms_per_token']:.1f} ms/token"
+              + (f"; built in {report['build_seconds'] / 60:.1f} min" if "build_seconds" in report else "")]
     if "description_words" in report:
         w = report["description_words"]
         lines.insert(-1, f"  next word of reference descriptions (teacher forced): image words "
@@ -54,10 +63,29 @@ def format_report(name: str, report: dict) -> str:
     return "\n".join(lines)
 
 
+def report_folder(name: str, home) -> "Path":
+    """The folder whose report `zoo report NAME` shows: a toy target's, or any folder with a report."""
+    from pathlib import Path
+
+    from mmvsd.toyworld.build import TOY_SPECS, is_current, shipped_target_dir, target_dir
+
+    if name in TOY_SPECS:
+        for folder in (shipped_target_dir(name), target_dir(name, home)):
+            if is_current(folder, TOY_SPECS[name]):
+                return folder
+        raise UserError(f"{name} is neither shipped nor built here; run `python -m mmvsd.zoo build {name}`")
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"unknown toy target or folder {name!r}; known targets: {', '.join(TOY_SPECS)}")
+    if not (folder / "report.json").is_file():
+        raise UserError(f"{folder} has no report.json; reports are written by `python -m mmvsd.zoo build NAME`")
+    return folder
+
+
 def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
     from pathlib import Path
 
-    from mmvsd.toyworld.build import TOY_SPECS, build_target, is_built, target_dir
+    from mmvsd.toyworld.build import TOY_SPECS, build_target, is_built, is_current, ship, shipped_target_dir, target_dir
 
     home = Path(cfg.home).expanduser() if cfg.home else None
     if command == "data":
@@ -68,16 +96,31 @@ def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
         return
     if command == "list":
         for name, spec in TOY_SPECS.items():
-            folder = target_dir(name, home)
-            state = "built" if is_built(spec, home) else "not built"
-            extra = ""
-            if state == "built":
-                s = json.loads((folder / "report.json").read_text())["summary"]
-                extra = f" shapes {s['shapes']:.0%} POPE {s['pope']:.0%} chart values {s['chart_values']:.0%}"
-            print(f"{name:<6} {state:<10} {folder}{extra}")
+            for where, folder, ok in (("shipped", shipped_target_dir(name), is_current(shipped_target_dir(name), spec)),
+                                      ("built", target_dir(name, home), is_built(spec, home))):
+                extra = ""
+                if ok:
+                    s = json.loads((folder / "report.json").read_text())["summary"]
+                    extra = f" shapes {s['shapes']:.0%} POPE {s['pope']:.0%} chart values {s['chart_values']:.0%}"
+                print(f"{name:<6} {where + ':':<8} {'yes' if ok else 'no':<4} {folder}{extra}")
         return
     if not names:
-        raise UserError(f"name a target to build: {', '.join(TOY_SPECS)}")
+        raise UserError(f"name a target: {', '.join(TOY_SPECS)}")
+    if command == "report":
+        for name in names:
+            folder = report_folder(name, home)
+            report = json.loads((folder / "report.json").read_text())
+            print(format_report(name, report))
+            if cfg.remeasure > 0:
+                from mmvsd.models import load_target
+                from mmvsd.toyworld.build import ensure_datasets
+                from mmvsd.toyworld.evaluate import evaluate_target
+
+                fresh = evaluate_target(load_target(str(folder)), ensure_datasets(home), cfg.remeasure,
+                                        max(2, cfg.remeasure // 4))
+                print(format_report(f"{name} (measured again now)", fresh))
+            print(folder)
+        return
     for name in names:
         if name not in TOY_SPECS:
             raise UserError(f"unknown toy target {name!r}; known: {', '.join(TOY_SPECS)}")
@@ -93,6 +136,8 @@ def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
                 shutil.rmtree(folder)
             build_target(spec, home, log=lambda m: print(m, file=sys.stderr))
             print(format_report(name, json.loads((folder / "report.json").read_text())))
+        if cfg.ship:
+            folder = ship(name, home)
         print(folder)
 
 
@@ -101,9 +146,9 @@ def run(argv: list[str] | None = None) -> int:
     words = [a for a in argv if "=" not in a and not a.startswith("-")]
     options = [a for a in argv if a not in words]
     command, names = (words[0], words[1:]) if words else ("", [])
-    if command not in ("build", "list", "data") and not any(a in ("-h", "--help") for a in argv):
-        print(f"error: expected `build NAME`, `list` or `data`, got {' '.join(words) or 'nothing'} (see --help)",
-              file=sys.stderr)
+    if command not in ("build", "report", "list", "data") and not any(a in ("-h", "--help") for a in argv):
+        print(f"error: expected `build NAME`, `report NAME`, `list` or `data`, got {' '.join(words) or 'nothing'} "
+              "(see --help)", file=sys.stderr)
         return 2
     return cli.run(ZooConfig, lambda cfg: main(cfg, command, names), "mmvsd.zoo build NAME", __doc__, options)
 

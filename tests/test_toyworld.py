@@ -11,8 +11,8 @@ import torch
 
 from mmvsd.data.conversations import IGNORE, encode_conversation
 from mmvsd.toyworld.charts import Chart, random_chart
-from mmvsd.toyworld.data import (Sample, build_datasets, description, random_sample, training_conversation,
-                                 truth_from_json, truth_json)
+from mmvsd.toyworld.data import (Sample, build_datasets, description, questions, random_sample,
+                                 training_conversation, truth_from_json, truth_json)
 from mmvsd.toyworld.facts import stated_facts, truth_facts
 from mmvsd.toyworld.scenes import random_scene
 from mmvsd.toyworld.tokenizer import train_tokenizer
@@ -190,3 +190,30 @@ def test_set_targets_state_each_fact_once_and_leave_ambiguous_ones_out():
     assert c["value_of_label"].tolist().count(0) == len(c["value_of_label"]) - 3
     assert c["lowest"][0] == IGNORE and c["highest"][0] > 0  # a tie has no lowest label
     assert (s["value_of_label"] == IGNORE).all() and (c["present"] == IGNORE).all()
+
+
+def test_ground_truth_features_say_what_covers_each_patch():
+    """Recolouring the star changes exactly the star's patches; on a coarse grid no shape is lost."""
+    from mmvsd.toyworld.scenes import Scene, Shape
+    from mmvsd.toyworld.vision import TruthFeatures, collate_targets
+
+    scene = Scene((Shape("star", "red", "large", 0.2, 0.2), Shape("circle", "blue", "small", 0.8, 0.5)), "grey")
+    recoloured = Scene((Shape("star", "green", "large", 0.2, 0.2), scene.shapes[1]), "grey")
+    targets = [targets_for(x, 64, 8) for x in (scene, recoloured)]
+    features = TruthFeatures(16)(collate_targets(targets))  # [2, 64, 16]
+    changed = (features[0] - features[1]).abs().sum(-1) > 1e-6
+    star = torch.from_numpy(targets[0].patch["kind"] == 1 + 3)
+    assert star.any() and torch.equal(changed, star)
+    rng = random.Random(5)
+    for _ in range(100):
+        shapes = random_scene(rng).shapes
+        owners = targets_for(Scene(shapes, "grey"), 48, 6).patch["colour"]
+        assert (owners > 0).sum() >= len(shapes)  # each shape owns at least its centre patch
+
+
+def test_questions_come_in_the_wordings_people_use():
+    rng = random.Random(3)
+    asked = [qa.question for _ in range(300) for qa in questions(random_sample(rng, 32, chart_share=0), rng)]
+    for wording in ("What color is the", "What colour is the", "How many shapes are there?", "Is there a",
+                    "Do you see a"):
+        assert any(q.startswith(wording) or wording in q for q in asked), wording

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from mmvsd.toyworld.build import TOY_SPECS, build_target, data_dir, is_built
 from mmvsd.toyworld.data import build_datasets
 
-MICRO = dataclasses.replace(TOY_SPECS["toy-s"], name="micro-a", vision_hidden=32, vision_layers=1, hidden=64,
-                            layers=1, intermediate=128, tower_steps=3, lm_steps=3, tower_batch=4, lm_batch=4,
-                            eval_per_family=1, eval_descriptions=1)
+MICRO = dataclasses.replace(TOY_SPECS["toy-s"], name="micro-a", vision_hidden=32, vision_layers=2, hidden=64,
+                            layers=1, intermediate=128, head_dim=16, truth_steps=3, tower_steps=2, tune_steps=2,
+                            truth_batch=4, tower_batch=2, tune_batch=2, eval_per_family=1, eval_descriptions=1)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def home(tmp_path_factory):
     """A $MMVSD_HOME whose toy-world datasets are small, so that builds take seconds."""
     home = tmp_path_factory.mktemp("mmvsd-home")
     folder = data_dir(home)
-    build_datasets(folder, seed=0, image_size=128, sizes={"train": 80, "validation": 4, "test": 12})
+    build_datasets(folder, seed=0, image_size=128, sizes={"train": 40, "validation": 4, "test": 12})
     (folder / "done").write_text("ok\n")
     return home
 
@@ -68,11 +68,34 @@ def zoo(*args, home=None):
                           env={**os.environ, **env}, timeout=120)
 
 
+def test_a_grown_target_starts_as_the_small_one_and_builds(home, monkeypatch):
+    """Depth up-scaling: the doubled model computes exactly what the small one does, then trains on."""
+    from mmvsd.toyworld import build
+
+    small_model = build._Builder(MICRO, home / "w-small", home, lambda m: None).model
+    torch.nn.init.normal_(small_model.model.language_model.layers[0].mlp.down_proj.weight, std=0.05)
+    big = dataclasses.replace(MICRO, name="micro-big", layers=2, grow_from="micro-a", image_size=84, patch_size=14)
+    big_model = build._Builder(big, home / "w-big", home, lambda m: None).model
+    build.grow(small_model, big_model)
+    ids = torch.randint(5, 100, (2, 12))
+    with torch.no_grad():
+        a = small_model.model.language_model(input_ids=ids).last_hidden_state
+        b = big_model.model.language_model(input_ids=ids).last_hidden_state
+    assert torch.allclose(a, b, atol=1e-5)
+    monkeypatch.setitem(build.TOY_SPECS, "micro-a", MICRO)
+    folder = build_target(big, home, log=lambda m: None)  # stage 1 of micro-a first, then grown
+    assert build.stage1_path(MICRO, home).is_file() and (folder / "model.safetensors").is_file()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["vision_feature_layer"] == -2 and config["text_config"]["num_hidden_layers"] == 2
+
+
 @pytest.mark.parametrize("args, message", [
-    ((), "expected `build NAME`, `list` or `data`"),
-    (("build",), "name a target to build"),
+    ((), "expected `build NAME`, `report NAME`, `list` or `data`"),
+    (("build",), "name a target"),
     (("build", "toy-xl"), "unknown toy target 'toy-xl'"),
     (("build", "toy-s", "forse=true"), "unknown key"),
+    (("report", "toy-xl"), "unknown toy target or folder 'toy-xl'"),
+    (("report", "."), "has no report.json"),
 ])
 def test_zoo_refuses_bad_commands_in_one_line(args, message, tmp_path):
     result = zoo(*args, home=tmp_path)
@@ -84,7 +107,7 @@ def test_zoo_refuses_bad_commands_in_one_line(args, message, tmp_path):
 def test_zoo_list_says_what_is_built(home):
     result = zoo("list", home=home)
     assert result.returncode == 0, result.stderr
-    assert "toy-s" in result.stdout and "toy-m" in result.stdout and "not built" in result.stdout
+    assert "toy-s" in result.stdout and "toy-m" in result.stdout and "built:   no" in result.stdout
 
 
 # ------------------------------------------------------------------ the real toy-s (slow: builds it once)

@@ -82,7 +82,7 @@ def main(cfg: AnswersConfig) -> None:
             else:
                 from mmvsd.toyworld.data import random_sample
 
-                image, name = random_sample(rng, 128).image, f"images/{i:06d}.png"
+                image, name = random_sample(rng, 336).image, f"images/{i:06d}.png"
                 if name in done:
                     continue
                 (out / "images").mkdir(exist_ok=True)

@@ -42,19 +42,34 @@ def _instantiate(spec: DrafterSpec, target, seed: int = 0) -> EagleDrafter:
     return drafter.to(target.device, target.dtype).eval()
 
 
+# Trained drafters for the toy targets, shipped in the package: `drafter=toy-m-msd` and so on.
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "drafters"
+
+
+def shipped_drafters() -> list[str]:
+    return sorted(p.name for p in SHIPPED.glob("*") if (p / "config.json").is_file())
+
+
+def drafter_folder(name: str) -> Path:
+    """A drafter folder named by path, or by the name of a shipped drafter."""
+    folder = Path(name).expanduser()
+    return SHIPPED / name if not folder.is_dir() and name in shipped_drafters() else folder
+
+
 def check_drafter_name(name: str) -> None:
     """Refuse, cheaply and before any model loads, a name that is neither a kind nor a folder."""
-    if name not in DRAFTERS and not Path(name).expanduser().is_dir():
-        raise UserError(f"drafter {name!r}: not a folder and not a drafter kind ({', '.join(DRAFTERS)}); "
-                        "to start from a trained drafter, train it first (recipe NAME writes runs/NAME/drafter)")
+    if name not in DRAFTERS and not drafter_folder(name).is_dir():
+        raise UserError(f"drafter {name!r}: not a folder, a drafter kind ({', '.join(DRAFTERS)}) or a shipped "
+                        f"drafter ({', '.join(shipped_drafters()) or 'none'}); to start from a trained drafter, "
+                        "train it first (recipe NAME writes runs/NAME/drafter)")
 
 
 def load_drafter(name: str, target, seed: int = 0) -> EagleDrafter:
-    """`name` is a drafter folder, or a kind for an untrained drafter."""
+    """`name` is a drafter folder, a shipped drafter's name, or a kind for an untrained drafter."""
     check_drafter_name(name)
     if name in DRAFTERS:
         return build_drafter(name, target, seed)
-    folder = Path(name).expanduser()
+    folder = drafter_folder(name)
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
     for path in (config_path, weights_path):
         if not path.is_file():

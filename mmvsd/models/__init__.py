@@ -17,7 +17,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def load_target(name: str, dtype: str = "float32", device: str = "cpu", download: bool = False) -> LlavaTarget:
     """Load a LLaVA-1.5 target by id. Hub ids are read from the local cache unless `download`;
-    `toy-s` / `toy-m` are built under $MMVSD_HOME on first use (minutes, with a progress bar)."""
+    `toy-s` / `toy-m` are the trained folders shipped in the package (built under $MMVSD_HOME
+    instead, on first use, if the package has none for the current spec)."""
     torch_dtype = DTYPES[dtype]
     if name in TOY_TARGETS:
         return LlavaTarget(*_from_pretrained(str(_toy_folder(name)), torch_dtype, device, False), name)
@@ -35,14 +36,9 @@ TOY_TARGETS = ("toy-s", "toy-m")
 def _toy_folder(name: str) -> Path:
     import sys
 
-    from mmvsd.toyworld.build import TOY_SPECS, build_target, is_built, target_dir
+    from mmvsd.toyworld.build import find_target
 
-    spec = TOY_SPECS[name]
-    if not is_built(spec):
-        print(f"{name} is not built yet under {target_dir(name)}: building it now "
-              f"(once; `python -m mmvsd.zoo build {name}` does the same)", file=sys.stderr)
-        build_target(spec, log=lambda m: print(m, file=sys.stderr))
-    return target_dir(name)
+    return find_target(name, log=lambda m: print(m, file=sys.stderr))
 
 
 def _resolve(name: str) -> str:

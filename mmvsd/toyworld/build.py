@@ -1,12 +1,16 @@
 """Building the toy targets: a small LLaVA-1.5 trained from scratch on the toy world, on a CPU.
 
-Stages, LLaVA's own recipe in miniature: (1) datasets and a tokenizer from the toy corpus;
-(2) pretrain the CLIP vision tower on per-patch ground truth (see `vision.py`), since a tower
-trained only through the language model never learns to look; (3) train the projector and
-language model on conversations, short questions first (they force looking), then long
-descriptions mixed in, with the tower frozen. A shuffled-image control runs during training: the
-loss with each image swapped for another must be clearly worse, or the model is not looking.
-Every stage checkpoints atomically and a restarted build resumes where it stopped.
+Stages (each checkpointed atomically; a restarted build resumes where it stopped):
+1. datasets and a tokenizer from the toy corpus;
+2. the CLIP tower learns to output ground-truth features (`vision.TruthFeatures`: every patch says
+   what covers it and what the whole image holds) from pixels, drawn at the target's size and at
+   others (the processor rescales);
+3. projector + language model learn to answer from the ground-truth features on a coarse grid (36
+   image tokens: cheap steps; a look-up needs ~100k questions to be learned). A deeper target is
+   grown from a shallower one's stage 3 (`grow`), so the look-ups are learned once;
+4. projector + language model are tuned on the tower's own features at the real number of image
+   tokens, the tower frozen, with a shuffled-image control;
+5. the report (`evaluate.py`): held-out accuracy per family with blind controls, descriptions.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import torch
 from tqdm import tqdm
 
 from mmvsd.data.conversations import IGNORE, encode_conversation, pad_batch
+from mmvsd.toyworld.data import questions, random_sample, training_conversation
 from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
 from mmvsd.training.optim import build_optimizer, lr_at, set_lr
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -37,32 +42,39 @@ class ToySpec:
     hidden: int
     layers: int
     intermediate: int
-    lm_steps: int
+    image_size: int
+    patch_size: int
+    truth_grid: int  # stage 1: ground-truth features on a truth_grid x truth_grid grid (few tokens: cheap steps)
+    truth_steps: int
+    tower_steps: int
+    tune_steps: int
     vision_hidden: int = 128
-    vision_layers: int = 4
-    tower_steps: int = 1500
-    image_size: int = 128
-    patch_size: int = 16
+    vision_layers: int = 4  # LLaVA-1.5 reads the penultimate layer, as here
     head_dim: int = 32
     vocab_size: int = 1024
-    tower_batch: int = 32
-    tower_lr: float = 3e-3
-    lm_batch: int = 16
+    truth_batch: int = 16
     lm_lr: float = 2e-3
-    # Descriptions from the start (measured, toy-s dims, 800 steps): each states ~10 image facts in
-    # a row, and mixing them in from step 0 rather than after a questions-only phase raised shape
-    # questions from 34% to 53% and description fact F1 from 0.23 to 0.27.
-    describe_from: float = 0.0  # share of the LM steps trained on short questions only
-    describe_share: float = 0.5  # then: share of conversations that start with a description
+    tower_batch: int = 16
+    tower_lr: float = 1e-3
+    tune_batch: int = 8
+    tune_lr: float = 5e-4
+    # Scenes of one or two shapes for this share of stage 1: "the colour of the star" is then the
+    # colour of any shape, a look-up that is learned before telling shapes apart is.
+    easy_share: float = 0.15
     questions_per_image: int = 8
+    describe_share: float = 0.3
+    suffix_share: float = 0.3
     eval_per_family: int = 40
     eval_descriptions: int = 24
+    grow_from: str | None = None  # start stage 1 from this target's stage-1 LM, depth doubled
 
 
-# Both share one pretrained tower (same fields), as LLaVA models of every size share one CLIP.
 TOY_SPECS = {
-    "toy-s": ToySpec("toy-s", seed=0, hidden=192, layers=4, intermediate=512, lm_steps=500),
-    "toy-m": ToySpec("toy-m", seed=0, hidden=192, layers=8, intermediate=512, lm_steps=1200),
+    "toy-s": ToySpec("toy-s", seed=0, hidden=128, layers=4, intermediate=384, image_size=128, patch_size=16,
+                     truth_grid=6, truth_steps=2000, tower_steps=1000, tune_steps=300),
+    # LLaVA-1.5's image geometry: 336 px, patch 14, 576 image tokens; a deeper LM.
+    "toy-m": ToySpec("toy-m", seed=0, hidden=128, layers=8, intermediate=384, image_size=336, patch_size=14,
+                     truth_grid=6, truth_steps=600, tower_steps=400, tune_steps=150, grow_from="toy-s"),
 }
 
 
@@ -80,28 +92,97 @@ def data_dir(home: Path | None = None) -> Path:
     return (home or mmvsd_home()) / "toyworld" / f"data-v{DATA_VERSION}"
 
 
-TOWER_FIELDS = ("seed", "vision_hidden", "vision_layers", "image_size", "patch_size", "head_dim", "tower_steps",
-                "tower_batch", "tower_lr")
+def stage1_path(spec: ToySpec, home: Path | None = None) -> Path:
+    """Stage 1's checkpoint, kept after the build: a grown target starts from it."""
+    return (home or mmvsd_home()) / "toyworld" / f"stage1-v{BUILD_VERSION}" / f"{spec.name}.pt"
 
 
-def tower_dir(spec: ToySpec, home: Path | None = None) -> Path:
-    """Where the pretrained tower of `spec` is kept: named by everything that determines it."""
-    from mmvsd.toyworld.data import DATA_VERSION
-
-    key = "-".join(f"{getattr(spec, f)}" for f in TOWER_FIELDS)
-    return (home or mmvsd_home()) / "toyworld" / f"tower-v{BUILD_VERSION}.{DATA_VERSION}-{key}"
+def grow(small, big) -> None:
+    """Depth up-scaling (as in SOLAR, Kim et al. 2023, arXiv 2312.15166, here by interleaving):
+    `big` gets every layer of `small` twice in a row, the second copy's output projections zeroed,
+    so that it computes exactly what `small` computes and then trains on from there. Embeddings,
+    final norm, LM head and projector are copied."""
+    small_layers, big_layers = small.model.language_model.layers, big.model.language_model.layers
+    assert len(big_layers) == 2 * len(small_layers), "grow doubles the depth"
+    state = {k: v for k, v in small.state_dict().items() if ".layers." not in k and "vision_tower" not in k}
+    big.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for i, layer in enumerate(big_layers):
+            layer.load_state_dict(small_layers[i // 2].state_dict())
+            if i % 2:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
 
 
 def is_built(spec: ToySpec, home: Path | None = None) -> bool:
-    build = target_dir(spec.name, home) / "build.json"
+    return is_current(target_dir(spec.name, home), spec)
+
+
+def is_current(folder: Path, spec: ToySpec) -> bool:
+    """Was the target in `folder` built from exactly `spec`, by this build code and data version?"""
+    build = folder / "build.json"
     return build.is_file() and json.loads(build.read_text()).get("spec") == _spec_record(spec)
 
 
 def _spec_record(spec: ToySpec) -> dict:
-    return {**asdict(spec), "build_version": BUILD_VERSION}
+    from mmvsd.toyworld.data import DATA_VERSION
+
+    return {**asdict(spec), "build_version": BUILD_VERSION, "data_version": DATA_VERSION}
 
 
-def ensure_datasets(home: Path | None = None, image_size: int = 128, log=print) -> Path:
+# Trained toy targets and drafters ship inside the package, so nobody waits for a build.
+SHIPPED = Path(__file__).resolve().parents[1] / "weights"
+DIGESTED = ("model.safetensors", "tokenizer.json")
+
+
+def shipped_target_dir(name: str) -> Path:
+    return SHIPPED / "targets" / name
+
+
+def find_target(name: str, home: Path | None = None, log=print) -> Path:
+    """The folder of toy target `name`: the shipped one when it matches the current spec, else the
+    build under $MMVSD_HOME (built now if it is not there yet)."""
+    spec = TOY_SPECS[name]
+    if is_current(shipped_target_dir(name), spec):
+        return shipped_target_dir(name)
+    if not is_built(spec, home):
+        log(f"{name} is not built yet under {target_dir(name, home)}: building it now "
+            f"(once; `python -m mmvsd.zoo build {name}` does the same)")
+    return build_target(spec, home, log)
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ship(name: str, home: Path | None = None) -> Path:
+    """Copy the built target `name` into the package, with its spec and file digests in build.json
+    (what the shipped-folder test holds it to)."""
+    from mmvsd.errors import UserError
+
+    spec, built = TOY_SPECS[name], target_dir(name, home)
+    recorded = json.loads((built / "build.json").read_text())["spec"] if (built / "build.json").is_file() else None
+    if not recorded or {k: recorded.get(k) for k in asdict(spec)} != asdict(spec):
+        raise UserError(f"{name} under {built} is not a build of the current spec; "
+                        f"run `python -m mmvsd.zoo build {name}`")
+    out = shipped_target_dir(name)
+    tmp = out.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(built, tmp)
+    record = {"spec": _spec_record(spec), "digests": {f: sha256(tmp / f) for f in DIGESTED}}
+    (tmp / "build.json").write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def ensure_datasets(home: Path | None = None, image_size: int = 336, log=print) -> Path:
     """The toy world's saved datasets (shared by all toy targets), built once."""
     from mmvsd.toyworld.data import build_datasets
 
@@ -128,8 +209,9 @@ def build_target(spec: ToySpec, home: Path | None = None, log=print) -> Path:
     work = out.with_name(f".{spec.name}.work")
     work.mkdir(parents=True, exist_ok=True)
     builder = _Builder(spec, work, home or mmvsd_home(), log)
-    builder.pretrain_tower()
-    curve = builder.train_language_model()
+    builder.train_tower()
+    builder.train_on_truth()
+    curve = builder.tune()
     report = builder.evaluate()
     report.update(build_seconds=round(time.time() - start), training_curve=curve, spec=asdict(spec))
     tmp = out.with_name(f".{spec.name}.tmp")
@@ -147,15 +229,20 @@ def build_target(spec: ToySpec, home: Path | None = None, log=print) -> Path:
 class _Builder:
     def __init__(self, spec: ToySpec, work: Path, home: Path, log):
         from mmvsd.models.tiny import llava_processor
+        from mmvsd.toyworld.vision import TruthFeatures
 
         self.spec, self.work, self.log = spec, work, log
-        self.data = ensure_datasets(home, spec.image_size, log)
-        self.tower_folder = tower_dir(spec, home)
+        self.grid = spec.image_size // spec.patch_size
+        self.data = ensure_datasets(home, log=log)
         self.tokenizer = self._tokenizer()
         self.processor = llava_processor(self.tokenizer, spec.image_size, spec.patch_size)
         self.model = self._new_model()
+        with torch.random.fork_rng():  # fixed codes, the same for every target of a seed and width
+            torch.manual_seed(spec.seed + 1)
+            self.truth = TruthFeatures(spec.vision_hidden).requires_grad_(False)
+        self.home = home
         self.image_token_id = self.model.config.image_token_id
-        self.num_image_tokens = (spec.image_size // spec.patch_size) ** 2
+        self.curve: list[dict] = []
 
     # ---------------------------------------------------------------- pieces
 
@@ -180,11 +267,12 @@ class _Builder:
                                   image_size=s.image_size, patch_size=s.patch_size)
         text = LlamaConfig(vocab_size=len(tok), hidden_size=s.hidden, intermediate_size=s.intermediate,
                            num_hidden_layers=s.layers, num_attention_heads=s.hidden // s.head_dim,
-                           num_key_value_heads=s.hidden // s.head_dim, max_position_embeddings=512,
+                           num_key_value_heads=s.hidden // s.head_dim,
+                           max_position_embeddings=1024 if self.grid ** 2 < 256 else 2048,
                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                            pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-        # The tower's last layer is the one pretrained to carry the ground truth, hence layer -1.
-        config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-1,
+        # As llava-1.5-7b-hf: the penultimate tower layer, CLS dropped ("default").
+        config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-2,
                              vision_feature_select_strategy="default", projector_hidden_act="gelu",
                              image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
         with torch.random.fork_rng():
@@ -197,89 +285,153 @@ class _Builder:
     def _pixels(self, images) -> torch.Tensor:
         return pixel_values(images, self.processor.image_processor)
 
-    # ---------------------------------------------------------------- stage 2: the vision tower
-
-    def pretrain_tower(self) -> None:
-        """Pretrain the CLIP tower once per home and tower spec (toy-s and toy-m share it, as LLaVA
-        models of every size share one CLIP), then load it into this model."""
-        from mmvsd.toyworld.data import random_sample
-        from mmvsd.toyworld.vision import TowerPretrainer, collate_targets, targets_for
-
+    def _conversations(self, samples, rng: random.Random) -> list[list[tuple[str, str]]]:
         s = self.spec
-        grid = s.image_size // s.patch_size
-        with torch.random.fork_rng():
-            torch.manual_seed(s.seed + 1)
-            pretrainer = TowerPretrainer(self.model.model.vision_tower)
-        done = self.tower_folder / "tower.pt"
-        if not done.is_file():
-            def batch(step: int):
-                rng = random.Random(f"{s.seed}-tower-{step}")
-                samples = [random_sample(rng, s.image_size) for _ in range(s.tower_batch)]
-                return self._pixels([x.image for x in samples]), collate_targets(
-                    [targets_for(x.truth, s.image_size, grid) for x in samples])
+        return [training_conversation(x, rng, s.describe_share, s.questions_per_image, s.suffix_share)
+                for x in samples]
 
-            def loss(b):
-                value, accuracy = pretrainer(*b)
-                return value, {k: accuracy.get(k, 0) for k in ("kind", "present", "colour_of_kind", "value_of_label")}
+    def _targets(self, samples, grid: int) -> dict[str, torch.Tensor]:
+        from mmvsd.toyworld.vision import collate_targets, targets_for
 
-            self.tower_folder.mkdir(parents=True, exist_ok=True)
-            partial = self.tower_folder / "partial.pt"
-            _train("vision tower", pretrainer, s.tower_steps, batch, loss, s.tower_lr, partial)
-            atomic_torch_save({"model": pretrainer.state_dict()}, done)
-            partial.unlink()
-        pretrainer.load_state_dict(load_checkpoint(done)["model"])
+        return collate_targets([targets_for(x.truth, grid * 8, grid) for x in samples])
 
-    # ---------------------------------------------------------------- stage 3: projector + LM
+    def _collate(self, samples, conversations, grid: int, pixels: bool) -> dict[str, torch.Tensor]:
+        encoded = [encode_conversation(self.tokenizer, turns, self.image_token_id, grid * grid)
+                   for turns in conversations]
+        batch = pad_batch(encoded, self.tokenizer.pad_token_id)
+        if pixels:
+            batch["pixel_values"] = self._pixels([x.image for x in samples])
+        else:
+            batch["targets"] = self._targets(samples, grid)
+        return batch
 
-    def train_language_model(self) -> list[dict]:
-        from mmvsd.toyworld.data import questions, random_sample, training_conversation
-
-        s = self.spec
-        self.model.model.vision_tower.requires_grad_(False)
-        switch = int(s.lm_steps * s.describe_from)
-
-        def batch(step: int, stream: str = "lm"):
-            rng = random.Random(f"{s.seed}-{stream}-{step}")
-            samples = [random_sample(rng, s.image_size) for _ in range(s.lm_batch)]
-            share = s.describe_share if step >= switch or stream != "lm" else 0.0
-            return self._collate(samples, [training_conversation(x, rng, share, s.questions_per_image) for x in samples])
-
-        held_out = batch(0, stream="control")
-        rng = random.Random(f"{s.seed}-questions")
-        quiz_samples = [random_sample(rng, s.image_size) for _ in range(64)]
-        quiz_turns = []
-        for sample in quiz_samples:
+    def _quiz(self, grid: int, pixels: bool) -> tuple[list[str], dict[str, torch.Tensor]]:
+        """Held-out single questions (their own random stream), with their families."""
+        rng = random.Random(f"{self.spec.seed}-quiz")
+        samples, turns, families = [], [], []
+        for _ in range(8 * self.spec.eval_per_family):
+            sample = random_sample(rng, self.spec.image_size if pixels else 32)
             qa = rng.choice(questions(sample, rng))
-            quiz_turns.append([(qa.question, qa.answer)])
-        quiz = self._collate(quiz_samples, quiz_turns)
-        curve = []
+            samples.append(sample)
+            turns.append([(qa.question, qa.answer)])
+            families.append(qa.family)
+        return families, self._collate(samples, turns, grid, pixels)
 
-        def loss(b):
-            return weighted_loss(self.model, b), {}
+    def _control(self, stage: str, quiz, features) -> callable:
+        """Held-out accuracy per question family during a stage, kept in the training curve."""
+        families, batch = quiz
 
         def control(step: int) -> dict:
-            """Held-out loss with the right images and with shuffled ones, and short-answer accuracy."""
             self.model.eval()
             with torch.no_grad():
-                right = weighted_loss(self.model, held_out).item()
-                shuffled = {**held_out, "pixel_values": held_out["pixel_values"].roll(1, dims=0)}
-                wrong = weighted_loss(self.model, shuffled).item()
-                accuracy = answer_accuracy(self.model, quiz)
+                right = answers_right(self.model, batch, features(batch))
             self.model.train()
-            point = {"step": step, "loss": round(right, 4), "shuffled_image_loss": round(wrong, 4),
-                     "answer_accuracy": round(accuracy, 4)}
-            curve.append(point)
-            return {"heldout": right, "shuffled": wrong, "qa": accuracy}
+            by_family = {}
+            for family, ok in zip(families, right.tolist()):
+                by_family.setdefault(family.replace("pope_random", "pope").replace("pope_adversarial", "pope"),
+                                     []).append(ok)
+            accuracy = {f: round(sum(v) / len(v), 3) for f, v in sorted(by_family.items())}
+            self.curve.append({"stage": stage, "step": step, "answer_accuracy": accuracy})
+            self.log(f"{stage} step {step}: " + " ".join(f"{f} {a:.2f}" for f, a in accuracy.items()))
+            return {"qa": right.float().mean().item()}
+        return control
 
-        _train("language model", self.model, s.lm_steps, batch, loss, s.lm_lr, self.work / "lm.pt",
-               control=control, control_every=max(1, s.lm_steps // 10))
+    # ---------------------------------------------------------------- stage 1: answers from perfect features
+
+    def train_on_truth(self) -> list[dict]:
+        """Projector + LM on ground-truth features, no pixels. A spec with `grow_from` starts from
+        that target's stage-1 language model, each layer doubled (see `grow`)."""
+        s = self.spec
+        self.model.model.vision_tower.requires_grad_(False)
+        checkpoint = stage1_path(s, self.home)
+        if s.grow_from and load_checkpoint(checkpoint) is None:
+            parent = _Builder(TOY_SPECS[s.grow_from], self.work / "parent", self.home, self.log)
+            parent.train_on_truth()
+            grow(parent.model, self.model)
+        module = torch.nn.ModuleDict({"model": self.model})
+
+        def batch(step: int):
+            rng = random.Random(f"{s.seed}-truth-{step}")
+            easy = step < s.easy_share * s.truth_steps
+            samples = [random_sample(rng, 32, max_objects=2 if easy else 4) for _ in range(s.truth_batch)]
+            return self._collate(samples, self._conversations(samples, rng), s.truth_grid, pixels=False)
+
+        def truth_features(b):
+            return self.truth(b["targets"])
+
+        def loss(b):
+            return weighted_loss(self.model, b, truth_features(b)), {}
+
+        control = self._control("truth", self._quiz(s.truth_grid, pixels=False), truth_features)
+        _train("language model on ground-truth features", module, s.truth_steps, batch, loss, s.lm_lr,
+               checkpoint, control=control, control_every=max(1, s.truth_steps // 10))
+        return self.curve
+
+    # ---------------------------------------------------------------- stage 2: a tower that produces them
+
+    def train_tower(self) -> None:
+        """The CLIP tower learns to output the ground-truth features from pixels (regression on
+        LLaVA's feature layer), at the target's own geometry; images drawn at other sizes too."""
+        from mmvsd.toyworld.vision import tower_features
+
+        s = self.spec
+        tower, layer = self.model.model.vision_tower, self.model.config.vision_feature_layer
+        tower.requires_grad_(True)
+
+        def batch(step: int):
+            rng = random.Random(f"{s.seed}-tower-{step}")
+            samples = [random_sample(rng, _drawing_size(rng, s.image_size)) for _ in range(s.tower_batch)]
+            return {"pixel_values": self._pixels([x.image for x in samples]),
+                    "targets": self._targets(samples, self.grid)}
+
+        def loss(b):
+            with torch.no_grad():
+                wanted = self.truth(b["targets"])  # [B, P, D]
+            got = tower_features(tower, b["pixel_values"], layer)
+            value = (got - wanted).pow(2).mean() / wanted.pow(2).mean()
+            return value, {"rel_mse": value.item()}
+
+        _train("vision tower", tower, s.tower_steps, batch, loss, s.tower_lr, self.work / "tower.pt")
+        tower.requires_grad_(False)
+
+    # ---------------------------------------------------------------- stage 3: the whole target on pixels
+
+    def tune(self) -> list[dict]:
+        """Projector + LM on the tower's own features, at the real number of image tokens, the
+        tower frozen. A shuffled-image control: the held-out loss with each image swapped for
+        another must be clearly worse."""
+        from mmvsd.toyworld.vision import tower_features
+
+        s = self.spec
+        tower, layer = self.model.model.vision_tower, self.model.config.vision_feature_layer
+        held_out = self._batch_on_pixels(0, "control")
+
+        def features(b):
+            return tower_features(tower, b["pixel_values"], layer)
+
+        def loss(b):
+            return weighted_loss(self.model, b, features(b)), {}
+
+        quiz_control = self._control("tune", self._quiz(self.grid, pixels=True), features)
+
+        def control(step: int) -> dict:
+            with torch.no_grad():
+                right = weighted_loss(self.model, held_out, features(held_out)).item()
+                shuffled = {**held_out, "pixel_values": held_out["pixel_values"].roll(1, dims=0)}
+                wrong = weighted_loss(self.model, shuffled, features(shuffled)).item()
+            self.curve.append({"stage": "tune", "step": step, "loss": round(right, 4),
+                               "shuffled_image_loss": round(wrong, 4)})
+            return {**quiz_control(step), "heldout": right, "shuffled": wrong}
+
+        _train("language model on the tower", self.model, s.tune_steps, self._batch_on_pixels, loss, s.tune_lr,
+               self.work / "tune.pt", control=control, control_every=max(1, s.tune_steps // 3))
         self.model.eval()
-        return curve
+        return self.curve
 
-    def _collate(self, samples, conversations) -> dict[str, torch.Tensor]:
-        encoded = [encode_conversation(self.tokenizer, turns, self.image_token_id, self.num_image_tokens)
-                   for turns in conversations]
-        return {**pad_batch(encoded, self.tokenizer.pad_token_id), "pixel_values": self._pixels([x.image for x in samples])}
+    def _batch_on_pixels(self, step: int, stream: str = "tune") -> dict[str, torch.Tensor]:
+        rng = random.Random(f"{self.spec.seed}-{stream}-{step}")
+        samples = [random_sample(rng, self.spec.image_size) for _ in range(self.spec.tune_batch)]
+        return self._collate(samples, self._conversations(samples, rng), self.grid, pixels=True)
 
     # ---------------------------------------------------------------- report
 
@@ -291,25 +443,36 @@ class _Builder:
         return evaluate_target(target, self.data, self.spec.eval_per_family, self.spec.eval_descriptions)
 
 
-def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+def _drawing_size(rng: random.Random, size: int) -> int:
+    """Mostly the target's own size; sometimes smaller or larger, for the processor to rescale."""
+    return size if rng.random() < 0.7 else rng.choice([96, 128, 200, 256, 336, 448, 512])
 
 
-def weighted_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def answer_logits(model, batch: dict[str, torch.Tensor], image_features: torch.Tensor) -> torch.Tensor:
+    """LLaVA's forward with the image features given ([B, P, D], the tower's output space): the
+    projector maps them into the language model's image-token positions. Logits [B, T, V]."""
+    ids = batch["input_ids"]
+    embeds = model.model.language_model.embed_tokens(ids)
+    projected = model.model.multi_modal_projector(image_features)  # [B, P, H]
+    embeds = embeds.masked_scatter((ids == model.config.image_token_id)[..., None], projected.to(embeds.dtype))
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).last_hidden_state
+    return model.lm_head(hidden)
+
+
+def weighted_loss(model, batch: dict[str, torch.Tensor], image_features: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy on the answers, each token weighted as `encode_conversation` says."""
-    logits = model(**_inputs(batch)).logits[:, :-1]  # [B, T-1, V]
+    logits = answer_logits(model, batch, image_features)[:, :-1]  # [B, T-1, V]
     labels, weights = batch["labels"][:, 1:], batch["weights"][:, 1:]
     token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
     return (token_loss * weights).sum() / weights.sum()
 
 
-def answer_accuracy(model, batch: dict[str, torch.Tensor]) -> float:
-    """Share of conversations whose every answer token is the argmax (teacher forcing): for short
-    answers this is greedy exact match, at the cost of one forward pass."""
-    logits = model(**_inputs(batch)).logits  # [B, T, V]
+def answers_right(model, batch: dict[str, torch.Tensor], image_features: torch.Tensor) -> torch.Tensor:
+    """Per conversation: is every answer token the argmax (teacher forcing)? For one short answer
+    this is greedy exact match, at the cost of one forward pass. [B] bool."""
+    logits = answer_logits(model, batch, image_features)  # [B, T, V]
     gold = batch["labels"][:, 1:]
-    right = (logits[:, :-1].argmax(-1) == gold) | (gold == IGNORE)
-    return right.all(-1).float().mean().item()
+    return ((logits[:, :-1].argmax(-1) == gold) | (gold == IGNORE)).all(-1)
 
 
 def pixel_values(images, image_processor) -> torch.Tensor:

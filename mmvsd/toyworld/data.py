@@ -17,10 +17,11 @@ from PIL import Image
 
 from mmvsd.toyworld.charts import Chart, draw_chart, random_chart
 from mmvsd.toyworld.language import (DESCRIBE_PROMPTS, QA, SHORT_ANSWER, SINGLE_WORD, all_objects, chart_questions,
-                                     describe_chart, describe_scene, pope_questions, scene_questions)
+                                     describe_chart, describe_scene, pope_questions, presence_question,
+                                     scene_questions)
 from mmvsd.toyworld.scenes import Scene, draw_scene, random_scene
 
-DATA_VERSION = 1
+DATA_VERSION = 2
 SPLIT_SIZES = {"train": 1500, "validation": 150, "test": 300}  # images per split and task
 POPE_SETTINGS = ("random", "popular", "adversarial")
 
@@ -35,11 +36,11 @@ class Sample:
         return isinstance(self.truth, Chart)
 
 
-def random_sample(rng: random.Random, image_size: int, chart_share: float = 0.45) -> Sample:
+def random_sample(rng: random.Random, image_size: int, chart_share: float = 0.45, max_objects: int = 4) -> Sample:
     if rng.random() < chart_share:
         chart = random_chart(rng)
         return Sample(chart, draw_chart(chart, image_size))
-    scene = random_scene(rng)
+    scene = random_scene(rng, max_objects=max_objects)
     return Sample(scene, draw_scene(scene, image_size))
 
 
@@ -61,7 +62,8 @@ def questions(sample: Sample, rng: random.Random) -> list[QA]:
     if sample.is_chart:
         return chart_questions(sample.truth, rng)
     setting = rng.choice(("random", "adversarial"))
-    return scene_questions(sample.truth, rng) + pope_questions(sample.truth, rng, setting, all_objects(), n=1)
+    return (scene_questions(sample.truth, rng) + pope_questions(sample.truth, rng, setting, all_objects(), n=1)
+            + [presence_question(sample.truth, rng)])
 
 
 def description(sample: Sample, rng: random.Random) -> str:
@@ -69,17 +71,17 @@ def description(sample: Sample, rng: random.Random) -> str:
 
 
 def training_conversation(sample: Sample, rng: random.Random, describe_share: float,
-                          max_questions: int = 5) -> list[tuple[str, str]]:
+                          max_questions: int = 5, suffix_share: float = 0.5) -> list[tuple[str, str]]:
     """Turns about one image: up to `max_questions` short questions, and with probability
     `describe_share` a description first. Short questions carry lmms-eval's answer-format suffix
-    half the time. Many questions per image are cheap supervision: the image tokens, most of the
-    sequence, are paid for once."""
+    with probability `suffix_share`. Many questions per image are cheap supervision: the image
+    tokens, most of the sequence, are paid for once."""
     turns = []
     if rng.random() < describe_share:
         turns.append((rng.choice(DESCRIBE_PROMPTS), description(sample, rng)))
     pool = list({qa.question: qa for qa in questions(sample, rng) + questions(sample, rng)}.values())
     for qa in rng.sample(pool, min(len(pool), rng.randint(0 if turns else max(1, max_questions // 2), max_questions))):
-        suffix = rng.choice(["", SINGLE_WORD if sample.is_chart else SHORT_ANSWER])
+        suffix = (SINGLE_WORD if sample.is_chart else SHORT_ANSWER) if rng.random() < suffix_share else ""
         turns.append((qa.question + suffix, qa.answer))
     return turns
 

@@ -45,7 +45,11 @@ def question_items(data: Path, split: str) -> dict[str, list[dict]]:
 
 
 def evaluate_target(target, data: Path, per_family: int, n_descriptions: int) -> dict:
+    """Held-out accuracy per family with the right image, another image and a blank one (the
+    blind controls: without the image, answers must fall to chance), POPE F1 and yes-ratio, and
+    descriptions scored fact by fact (F1, CHAIR_i) against the ground truth."""
     from datasets import load_from_disk
+    from PIL import Image
     from tqdm import tqdm
 
     test, train = question_items(data, "test"), question_items(data, "train")
@@ -53,27 +57,38 @@ def evaluate_target(target, data: Path, per_family: int, n_descriptions: int) ->
     todo = [(family, items[:per_family]) for family, items in sorted(test.items())]
     bar = tqdm(total=sum(len(items) for _, items in todo), desc="evaluating", unit="question", dynamic_ncols=True)
     for family, items in todo:
-        right = shuffled = 0
+        right = shuffled = blank = yes = true_yes = 0
         for i, item in enumerate(items):
-            right += normalize(generate(target, item["image"], item["prompt"], 8)[0]) == normalize(item["answer"])
+            answer = normalize(generate(target, item["image"], item["prompt"], 8)[0])
+            right += answer == normalize(item["answer"])
+            yes += answer == "yes"
+            true_yes += answer == "yes" == normalize(item["answer"])
             other = items[(i + 1) % len(items)]["image"]  # the same question about another image
             shuffled += normalize(generate(target, other, item["prompt"], 8)[0]) == normalize(item["answer"])
+            empty = Image.new("RGB", item["image"].size, (150, 150, 150))
+            blank += normalize(generate(target, empty, item["prompt"], 8)[0]) == normalize(item["answer"])
             bar.update()
         majority = Counter(normalize(x["answer"]) for x in train[family]).most_common(1)[0][0]
-        families[family] = {"n": len(items), "accuracy": right / len(items),
-                            "shuffled_image_accuracy": shuffled / len(items),
-                            "majority_answer_accuracy": sum(normalize(x["answer"]) == majority for x in items) / len(items)}
+        n = len(items)
+        families[family] = {"n": n, "accuracy": right / n, "shuffled_image_accuracy": shuffled / n,
+                            "blank_image_accuracy": blank / n,
+                            "majority_answer_accuracy": sum(normalize(x["answer"]) == majority for x in items) / n}
+        if family.startswith("pope_"):
+            positives = sum(normalize(x["answer"]) == "yes" for x in items)
+            precision, recall = true_yes / max(yes, 1), true_yes / max(positives, 1)
+            families[family].update(f1=2 * precision * recall / max(precision + recall, 1e-9), yes_ratio=yes / n)
     bar.close()
 
     rows = load_from_disk(str(data / "descriptions"))["test"].select(range(n_descriptions))
-    facts, blind, samples = [], [], []
+    facts, blind, samples, false, stated_total = [], [], [], 0, 0
     for i, row in enumerate(tqdm(rows, desc="describing", unit="image", dynamic_ncols=True)):
-        truth, chart = truth_from_json(row["truth"]), row["kind"] == "chart"
+        truth, chart = truth_facts(truth_from_json(row["truth"])), row["kind"] == "chart"
         text, _ = generate(target, row["image"], row["prompt"], 200)
-        facts.append(fact_scores(stated_facts(text, chart), truth_facts(truth))["f1"])
+        stated = stated_facts(text, chart)
+        facts.append(fact_scores(stated, truth)["f1"])
+        false, stated_total = false + len(stated - truth), stated_total + len(stated)
         other = rows[(i + 1) % len(rows)]["image"]
-        blind.append(fact_scores(stated_facts(generate(target, other, row["prompt"], 200)[0], chart),
-                                 truth_facts(truth))["f1"])
+        blind.append(fact_scores(stated_facts(generate(target, other, row["prompt"], 200)[0], chart), truth)["f1"])
         if len(samples) < 3 and (not samples or samples[-1]["kind"] != row["kind"]):
             samples.append({"kind": row["kind"], "prompt": row["prompt"], "reference": row["description"],
                             "generated": text})
@@ -87,8 +102,10 @@ def evaluate_target(target, data: Path, per_family: int, n_descriptions: int) ->
             "charts": mean(v["accuracy"] for f, v in families.items() if f.startswith("chart_")),
             "shapes_shuffled_image": mean(families[f]["shuffled_image_accuracy"] for f in SCENE_FAMILIES
                                           if f in families),
+            "shapes_blank_image": mean(families[f]["blank_image_accuracy"] for f in SCENE_FAMILIES if f in families),
             "description_fact_f1": mean(facts),
             "description_fact_f1_wrong_image": mean(blind),
+            "chair_i": false / stated_total if stated_total else 0.0,
         },
         "descriptions": samples,
         "description_words": description_word_accuracy(target, rows),

@@ -54,17 +54,21 @@ def scene_questions(scene: Scene, rng: random.Random) -> list[QA]:
     kinds = Counter(s.kind for s in shapes)
     colours = Counter(s.colour for s in shapes)
     qas = [QA("count", rng.choice(["How many shapes are there?", "How many objects are in the image?",
-                                   "How many shapes are in the picture?"]), str(len(shapes)))]
+                                   "How many shapes are in the picture?", "How many objects are there?",
+                                   "How many shapes are there in the image?", "How many shapes can you see?"]),
+              str(len(shapes)))]
     kind = rng.choice(KINDS)
-    qas.append(QA("count_kind", f"How many {plural(kind)} are there?", str(kinds[kind])))
-    qas.append(QA("background", rng.choice(["What colour is the background?", "What is the background colour?"]),
-                  scene.background))
+    qas.append(QA("count_kind", rng.choice([f"How many {plural(kind)} are there?", f"How many {plural(kind)} are in "
+                                            "the image?", f"How many {plural(kind)} can you see?"]), str(kinds[kind])))
+    qas.append(QA("background", rng.choice([f"What {colour_word(rng)} is the background?",
+                                            f"What is the background {colour_word(rng)}?"]), scene.background))
     shape = rng.choice(shapes)
     if kinds[shape.kind] == 1:
-        qas.append(QA("colour", rng.choice([f"What colour is the {shape.kind}?",
-                                            f"What is the colour of the {shape.kind}?"]), shape.colour))
+        qas.append(QA("colour", rng.choice([f"What {colour_word(rng)} is the {shape.kind}?",
+                                            f"What is the {colour_word(rng)} of the {shape.kind}?",
+                                            f"Which {colour_word(rng)} is the {shape.kind}?"]), shape.colour))
     else:
-        qas.append(QA("colour", f"What colour is the shape {WHERE[shape.position]}?", shape.colour))
+        qas.append(QA("colour", f"What {colour_word(rng)} is the shape {WHERE[shape.position]}?", shape.colour))
     shape = rng.choice(shapes)
     if colours[shape.colour] == 1:
         qas.append(QA("shape", rng.choice([f"What shape is the {shape.colour} object?",
@@ -107,6 +111,23 @@ def pope_questions(scene: Scene, rng: random.Random, setting: str, popularity: l
     positives = rng.sample(present, n)
     return [QA(f"pope_{setting}", f"Is there {a(o)} in the image?", answer)
             for objects, answer in ((positives, "yes"), (negatives[:n], "no")) for o in objects]
+
+
+def presence_question(scene: Scene, rng: random.Random) -> QA:
+    """A yes/no question about one object, present or not (even odds), in varied wording."""
+    present = sorted({name(s) for s in scene.shapes})
+    if rng.random() < 0.5:
+        obj, answer = rng.choice(present), "yes"
+    else:
+        obj, answer = rng.choice([o for o in all_objects() if o not in present]), "no"
+    wording = rng.choice(["Is there {} in the image?", "Is there {}?", "Is there {} in the picture?",
+                          "Do you see {} in the image?", "Does the image contain {}?", "Can you see {}?"])
+    return QA("presence", wording.format(a(obj)), answer)
+
+
+def colour_word(rng: random.Random) -> str:
+    """Both spellings: people ask "what colour" and "what color"."""
+    return rng.choice(("colour", "color"))
 
 
 def describe_scene(scene: Scene, rng: random.Random) -> str:
