@@ -86,7 +86,7 @@ def test_bench_on_mixed_inputs_is_identical_and_lists_every_error(tmp_path):
     (["data=/no/such/file.jsonl"], "error: data file /no/such/file.jsonl: no such file"),
     (["max_new_tokens=0"], "error: max_new_tokens must be >= 1"),
     (["max_new_token=5"], "did you mean 'max_new_tokens'"),
-    (["drafter=/no/drafter"], "error: drafter '/no/drafter': not a folder and not a drafter kind"),
+    (["drafter=/no/drafter"], "error: drafter '/no/drafter': not a folder, a drafter kind"),
     (["target=/no/target"], "error: target '/no/target': no such folder"),
     (["temperature=hot"], "error: temperature must be a number"),
 ])

@@ -67,7 +67,7 @@ def test_broken_drafter_folders_are_refused(tmp_path, tiny_target, breakage, mes
 
 
 def test_unknown_kind_or_path(tiny_target):
-    with pytest.raises(UserError, match="not a folder and not a drafter kind"):
+    with pytest.raises(UserError, match="not a folder, a drafter kind"):
         load_drafter("vispecc", tiny_target)
     with pytest.raises(UserError, match="unknown drafter kind"):
         build_drafter("nope", tiny_target)

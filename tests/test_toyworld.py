@@ -217,3 +217,17 @@ def test_questions_come_in_the_wordings_people_use():
     for wording in ("What color is the", "What colour is the", "How many shapes are there?", "Is there a",
                     "Do you see a"):
         assert any(q.startswith(wording) or wording in q for q in asked), wording
+
+
+def test_listings_put_each_fact_right_after_its_key():
+    from mmvsd.toyworld.language import list_chart, list_scene
+    from mmvsd.toyworld.scenes import Scene, Shape
+
+    scene = Scene((Shape("star", "red", "large", 0.8, 0.2), Shape("circle", "blue", "small", 0.2, 0.2)), "grey")
+    answers = {list_scene(scene, random.Random(seed)).answer for seed in range(20)}
+    assert answers == {"circle: blue, small, top left; star: red, large, top right", "blue: circle; red: star"}
+    chart = Chart("bar", "Sales", ("Mon", "Tue"), (3, 9), ("red", "blue"))
+    assert list_chart(chart, random.Random(0)).answer == "Mon: 3; Tue: 9"
+    rng = random.Random(0)
+    plain = [training_conversation(random_sample(rng, 32), rng, 0.3, 4) for _ in range(50)]
+    assert not any(q.startswith("List each") for turns in plain for q, _ in turns)  # off by default

@@ -99,7 +99,7 @@ def test_losses_match_a_naive_reference():
     (["recipe=toy_nope"], "recipe 'toy_nope' not found"),
     (["recipe=toy_msd", "stepz=3"], "unknown key 'stepz'"),
     (["recipe=toy_msd", "steps=many"], "steps"),
-    (["drafter=medusa", "target=tiny-random", "output_dir=OUT"], "not a folder and not a drafter kind"),
+    (["drafter=medusa", "target=tiny-random", "output_dir=OUT"], "not a folder, a drafter kind"),
     (["resume=true", "target=tiny-random", "output_dir=OUT"], "resume=true but"),
     (["recipe=llava7b_msd"], "data file data/llava_v1_5_mix665k.json: no such file"),  # before any model loads
     (["recipe=toy_msd_vsd", "drafter=runs/nope/drafter", "target=tiny-random"], "train it first"),

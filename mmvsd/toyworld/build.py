@@ -64,6 +64,7 @@ class ToySpec:
     questions_per_image: int = 8
     describe_share: float = 0.3
     suffix_share: float = 0.3
+    list_share: float = 0.0  # conversations that end with a listing of the facts (see `training_conversation`)
     eval_per_family: int = 40
     eval_descriptions: int = 24
     grow_from: str | None = None  # start stage 1 from this target's stage-1 LM, depth doubled
@@ -74,7 +75,8 @@ TOY_SPECS = {
                      truth_grid=6, truth_steps=2000, tower_steps=1000, tune_steps=300),
     # LLaVA-1.5's image geometry: 336 px, patch 14, 576 image tokens; a deeper LM.
     "toy-m": ToySpec("toy-m", seed=0, hidden=128, layers=8, intermediate=384, image_size=336, patch_size=14,
-                     truth_grid=6, truth_steps=600, tower_steps=400, tune_steps=150, grow_from="toy-s"),
+                     truth_grid=6, truth_steps=700, tower_steps=400, tune_steps=150, grow_from="toy-s",
+                     list_share=0.5),
 }
 
 
@@ -167,8 +169,7 @@ def ship(name: str, home: Path | None = None) -> Path:
     from mmvsd.errors import UserError
 
     spec, built = TOY_SPECS[name], target_dir(name, home)
-    recorded = json.loads((built / "build.json").read_text())["spec"] if (built / "build.json").is_file() else None
-    if not recorded or {k: recorded.get(k) for k in asdict(spec)} != asdict(spec):
+    if not is_built(spec, home):
         raise UserError(f"{name} under {built} is not a build of the current spec; "
                         f"run `python -m mmvsd.zoo build {name}`")
     out = shipped_target_dir(name)
@@ -287,7 +288,7 @@ class _Builder:
 
     def _conversations(self, samples, rng: random.Random) -> list[list[tuple[str, str]]]:
         s = self.spec
-        return [training_conversation(x, rng, s.describe_share, s.questions_per_image, s.suffix_share)
+        return [training_conversation(x, rng, s.describe_share, s.questions_per_image, s.suffix_share, s.list_share)
                 for x in samples]
 
     def _targets(self, samples, grid: int) -> dict[str, torch.Tensor]:

@@ -17,8 +17,8 @@ from PIL import Image
 
 from mmvsd.toyworld.charts import Chart, draw_chart, random_chart
 from mmvsd.toyworld.language import (DESCRIBE_PROMPTS, QA, SHORT_ANSWER, SINGLE_WORD, all_objects, chart_questions,
-                                     describe_chart, describe_scene, pope_questions, presence_question,
-                                     scene_questions)
+                                     describe_chart, describe_scene, list_chart, list_scene, pope_questions,
+                                     presence_question, scene_questions)
 from mmvsd.toyworld.scenes import Scene, draw_scene, random_scene
 
 DATA_VERSION = 2
@@ -71,11 +71,15 @@ def description(sample: Sample, rng: random.Random) -> str:
 
 
 def training_conversation(sample: Sample, rng: random.Random, describe_share: float,
-                          max_questions: int = 5, suffix_share: float = 0.5) -> list[tuple[str, str]]:
+                          max_questions: int = 5, suffix_share: float = 0.5,
+                          list_share: float = 0.0) -> list[tuple[str, str]]:
     """Turns about one image: up to `max_questions` short questions, and with probability
     `describe_share` a description first. Short questions carry lmms-eval's answer-format suffix
-    with probability `suffix_share`. Many questions per image are cheap supervision: the image
-    tokens, most of the sequence, are paid for once."""
+    with probability `suffix_share`. With probability `list_share` a listing of the image's facts
+    ends the conversation (`list_scene`: each fact right after its key, a one-step look-up that
+    teaches the two-step one of the questions; last, so the questions cannot copy from it). Many
+    questions per image are cheap supervision: the image tokens, most of the sequence, are paid
+    for once."""
     turns = []
     if rng.random() < describe_share:
         turns.append((rng.choice(DESCRIBE_PROMPTS), description(sample, rng)))
@@ -83,6 +87,9 @@ def training_conversation(sample: Sample, rng: random.Random, describe_share: fl
     for qa in rng.sample(pool, min(len(pool), rng.randint(0 if turns else max(1, max_questions // 2), max_questions))):
         suffix = (SINGLE_WORD if sample.is_chart else SHORT_ANSWER) if rng.random() < suffix_share else ""
         turns.append((qa.question + suffix, qa.answer))
+    if list_share and rng.random() < list_share:
+        qa = list_chart(sample.truth, rng) if sample.is_chart else list_scene(sample.truth, rng)
+        turns.append((qa.question, qa.answer))
     return turns
 
 

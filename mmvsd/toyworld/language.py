@@ -159,6 +159,17 @@ def describe_scene(scene: Scene, rng: random.Random) -> str:
     return " ".join(sentences)
 
 
+def list_scene(scene: Scene, rng: random.Random) -> QA:
+    """Each shape's kind followed by its facts, or each colour followed by its kind, in reading
+    order. Every fact comes right after the word it is looked up by: one step from the image to
+    the answer, where a question ("What colour is the star?") needs two."""
+    shapes = sorted(scene.shapes, key=lambda s: s.cell)
+    if rng.random() < 0.5:
+        return QA("list", "List each shape with its colour, size and position.",
+                  "; ".join(f"{s.kind}: {s.colour}, {s.size}, {s.position}" for s in shapes))
+    return QA("list", "List each colour with its shape.", "; ".join(f"{s.colour}: {s.kind}" for s in shapes))
+
+
 # ------------------------------------------------------------------ charts
 
 def chart_questions(chart: Chart, rng: random.Random) -> list[QA]:
@@ -186,6 +197,12 @@ def chart_questions(chart: Chart, rng: random.Random) -> list[QA]:
     qas.append(QA("chart_difference", f"What is the difference between {label} and {chart.labels[j]}?",
                   str(abs(value - chart.values[j]))))
     return qas
+
+
+def list_chart(chart: Chart, rng: random.Random) -> QA:
+    """Each label followed by its value (see `list_scene`)."""
+    return QA("list", "List each label with its value.",
+              "; ".join(f"{label}: {value}" for label, value in zip(chart.labels, chart.values)))
 
 
 def describe_chart(chart: Chart, rng: random.Random) -> str:
