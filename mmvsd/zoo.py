@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from mmvsd import cli
 from mmvsd.config import opt
@@ -63,10 +64,8 @@ def format_report(name: str, report: dict) -> str:
     return "\n".join(lines)
 
 
-def report_folder(name: str, home) -> "Path":
+def report_folder(name: str, home: Path | None) -> Path:
     """The folder whose report `zoo report NAME` shows: a toy target's, or any folder with a report."""
-    from pathlib import Path
-
     from mmvsd.toyworld.build import TOY_SPECS, is_current, shipped_target_dir, target_dir
 
     if name in TOY_SPECS:
@@ -83,8 +82,6 @@ def report_folder(name: str, home) -> "Path":
 
 
 def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
-    from pathlib import Path
-
     from mmvsd.toyworld.build import TOY_SPECS, build_target, is_built, is_current, ship, shipped_target_dir, target_dir
 
     home = Path(cfg.home).expanduser() if cfg.home else None
