@@ -208,8 +208,10 @@ def _one_line(error: BaseException | str) -> str:
 
 
 def run(cls: type[T], main: Callable[[T], None], prog: str, doc: str,
-        argv: Sequence[str] | None = None, recipes: bool = False) -> int:
-    """Parse, honour --help and dry_run=true, call `main`, and turn failures into one line."""
+        argv: Sequence[str] | None = None, recipes: bool = False,
+        explain: Callable[[T], str] | None = None) -> int:
+    """Parse, honour --help and dry_run=true (the resolved config, then `explain(cfg)` as YAML
+    comments), call `main`, and turn failures into one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if any(a in ("-h", "--help", "help") for a in argv):
@@ -218,6 +220,8 @@ def run(cls: type[T], main: Callable[[T], None], prog: str, doc: str,
         cfg = parse(cls, argv, RECIPES_DIR if recipes else None)
         if getattr(cfg, "dry_run", False):
             print(to_yaml(cfg), end="")
+            if explain is not None:
+                print("".join(f"# {line}\n" for line in explain(cfg).splitlines()), end="")
             return 0
         main(cfg)
         return 0

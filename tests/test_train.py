@@ -112,6 +112,23 @@ def test_bad_input_is_refused_in_one_line(args, message, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+def test_resume_refuses_a_changed_run_and_accepts_a_longer_one(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = [*TINY, "drafter=eagle", "steps=2", "eval_n=0", f"output_dir={out}"]
+    assert run(args) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    for change, named in ((["lr=0.01"], "lr: 0.001 -> 0.01"), (["drafter=msd"], "drafter.kind: eagle -> msd"),
+                          (["batch_size=4"], "micro-batch across processes: 2 -> 4"),
+                          (["vsd.enabled=true"], "vsd.enabled: False -> True")):
+        capsys.readouterr()
+        assert run([*args, "resume=true", *change]) == 2
+        error = capsys.readouterr().err
+        assert "holds another run" in error and named in error and len(error.strip().splitlines()) == 1
+    assert (out / "checkpoint.pt").read_bytes() == before  # nothing was touched
+    assert run([*args, "resume=true", "steps=3", "eval_n=1", "eval_max_new_tokens=4", "checkpoint_every=1"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
 def test_a_drafter_for_another_target_is_refused_before_training(tmp_path):
     from mmvsd.drafters import build_drafter, save_drafter
     from mmvsd.models import load_target

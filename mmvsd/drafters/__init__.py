@@ -64,6 +64,17 @@ def check_drafter_name(name: str) -> None:
                         "train it first (recipe NAME writes runs/NAME/drafter)")
 
 
+def drafter_kind(name: str) -> str:
+    """The kind of the drafter `name` (a kind, a shipped drafter or a folder), without loading it."""
+    check_drafter_name(name)
+    if name in DRAFTERS:
+        return name
+    try:
+        return json.loads((drafter_folder(name) / "config.json").read_text())["kind"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"drafter {name}: cannot read its kind from config.json ({e})") from None
+
+
 def load_drafter(name: str, target, seed: int = 0) -> EagleDrafter:
     """`name` is a drafter folder, a shipped drafter's name, or a kind for an untrained drafter."""
     check_drafter_name(name)
