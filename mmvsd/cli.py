@@ -15,6 +15,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,7 +24,7 @@ import yaml
 from mmvsd.errors import UserError
 
 T = TypeVar("T")
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(str(resources.files("mmvsd") / "recipes"))  # package data: found after `pip install .` too
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 

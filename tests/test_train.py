@@ -2,6 +2,7 @@
 exactly, the losses match a naive reference, and bad input is refused in one line."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,10 @@ def test_a_tiny_run_writes_drafter_metrics_and_eval(tmp_path, kind):
     assert json.loads((out / "drafter" / "config.json").read_text())["kind"] == kind
     report = json.loads((out / "eval.json").read_text())
     assert report["identical_outputs"] is True and report["tau"] >= 1
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [out, *out.rglob("*")]:  # written with the user's umask, as any other tool's files
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path
 
 
 def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path):

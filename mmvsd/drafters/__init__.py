@@ -21,6 +21,7 @@ from mmvsd.drafters.eagle import EagleDrafter
 from mmvsd.drafters.msd import MsdDrafter
 from mmvsd.drafters.vispec import VispecDrafter
 from mmvsd.errors import UserError
+from mmvsd.files import ordinary_modes
 
 __all__ = ["DRAFTERS", "DrafterSpec", "build_drafter", "load_drafter", "save_drafter"]
 
@@ -113,6 +114,7 @@ def save_drafter(drafter: EagleDrafter, folder: str | Path) -> Path:
         (tmp / "config.json").write_text(json.dumps(drafter.spec.to_dict(), indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in drafter.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"kind": drafter.kind})
+        ordinary_modes(tmp)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from mmvsd.data.conversations import IGNORE, encode_conversation, pad_batch
+from mmvsd.files import ordinary_modes
 from mmvsd.toyworld.data import questions, random_sample, training_conversation
 from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
 from mmvsd.training.optim import build_optimizer, lr_at, set_lr
@@ -221,6 +222,7 @@ def build_target(spec: ToySpec, home: Path | None = None, log=print) -> Path:
     builder.processor.save_pretrained(tmp)
     (tmp / "report.json").write_text(json.dumps(report, indent=2))
     (tmp / "build.json").write_text(json.dumps({"spec": _spec_record(spec)}, indent=2))
+    ordinary_modes(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     shutil.rmtree(work, ignore_errors=True)

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmvsd.errors import UserError
+from mmvsd.files import ordinary_modes
 from mmvsd.training.features import DraftBatch, draft_batch
 
 # Settings that change which conversations micro-batch i holds.
@@ -59,5 +60,6 @@ class FeatureCache:
                    "image_embeds": batch.image_embeds, "loss_mask": batch.loss_mask}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        ordinary_modes(tmp)
         os.replace(tmp, path)
         return batch
