@@ -151,6 +151,7 @@ class TrainConfig:
     seed: int = opt(0, "seed of the drafter's initialisation and of the data stream")
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "accelerate mixed precision (bf16 on GPUs)")
     checkpoint_every: int = opt(50, "steps between atomic checkpoints")
+    log_with: str = opt("jsonl", "metric trackers, comma-separated: jsonl (metrics.jsonl, always on), tensorboard, wandb")
     resume: bool = opt(False, "continue from output_dir/checkpoint.pt exactly where a killed run stopped")
     eval_n: int = opt(8, "held-out toy images for eval.json (0 = skip)")
     eval_max_new_tokens: int = opt(96, "tokens per held-out answer in eval.json")

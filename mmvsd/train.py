@@ -40,7 +40,8 @@ def main(cfg: TrainConfig) -> None:
     from mmvsd.training.fingerprint import check_resume, run_fingerprint
     from mmvsd.training.cache import FeatureCache
     from mmvsd.training.features import target_features, text_only_share, training_batch
-    from mmvsd.training.optim import build_optimizer, lr_at, set_lr
+    from mmvsd.training.optim import build_optimizer, build_schedule
+    from mmvsd.training.tracking import keep_until, plot_curve, trackers
     from mmvsd.training.vsd import vsd_step
 
     out = Path(cfg.output_dir or "runs/train")
@@ -62,7 +63,8 @@ def main(cfg: TrainConfig) -> None:
 
     # ViSpec's adaptor gets no gradient from a text-only batch: DDP must not wait for it.
     accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
-                              gradient_accumulation_steps=cfg.grad_accum,
+                              gradient_accumulation_steps=cfg.grad_accum, project_dir=out,
+                              log_with=trackers(cfg.log_with, out / "metrics.jsonl"),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=kind == "vispec")])
     rank, processes = accelerator.process_index, accelerator.num_processes
     for source in (loaded, text_loaded):
@@ -94,21 +96,19 @@ def main(cfg: TrainConfig) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
     drafter.train()
+    schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.steps, start)  # on the bare optimizer: stepped once a step
     model, optimizer = accelerator.prepare(drafter, optimizer)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cli.to_yaml(cfg))
-    metrics_path = out / "metrics.jsonl"
-    kept = [line for line in _lines(metrics_path) if json.loads(line)["step"] <= start]  # drop lines past the checkpoint
-    metrics_path.write_text("".join(kept))
-
     if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cli.to_yaml(cfg))
+        keep_until(out / "metrics.jsonl", start)
         print(batch_arithmetic(cfg, processes), file=sys.stderr)
+    accelerator.init_trackers("mmvsd", config={k: str(v) if v is None else v for k, v in _flat(cfg).items()})
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {drafter.kind}",
                unit="step", dynamic_ncols=True, disable=not accelerator.is_main_process)
     for step in bar:
-        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
-        set_lr(optimizer, lr)
+        lr = schedule.get_last_lr()[0]
         for micro in range(cfg.grad_accum):
             with accelerator.accumulate(model):
                 index = step * cfg.grad_accum + micro
@@ -131,25 +131,27 @@ def main(cfg: TrainConfig) -> None:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+        schedule.step()
         stats = {"loss": loss.item(), **stats}
         if processes > 1:  # what is logged is the mean over processes
             stats = dict(zip(stats, accelerator.reduce(torch.tensor(list(stats.values())), "mean").tolist()))
-        record = {"step": step + 1, "lr": lr, **{k: round(v, 5) for k, v in stats.items()}}
+        record = {"lr": lr, **{k: round(v, 5) for k, v in stats.items()}}
         if cfg.text_first_steps or cfg.text_ramp_steps:
             record["text_only_share"] = round(text_only_share(step, cfg.text_first_steps, cfg.text_ramp_steps), 4)
         shown = {"loss": f"{record['loss']:.3f}", "top1": f"{stats['top1']:.2f}"}
         if cfg.vsd.enabled:
             shown.update(acc_len=f"{stats['accepted_len']:.2f}", ess=f"{stats['ess']:.2f}")
         bar.set_postfix(shown, refresh=False)
+        accelerator.log(record, step=step + 1)
         if accelerator.is_main_process:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 atomic_torch_save({"drafter": accelerator.unwrap_model(model).state_dict(),
                                    "optimizer": optimizer.state_dict(), "step": step + 1,
                                    "fingerprint": fingerprint}, checkpoint)
+    accelerator.end_training()
     if not accelerator.is_main_process:
         return
+    plot_curve(out / "metrics.jsonl", out / "training_curve.png")
     if loaded is not None and loaded.skipped:
         print(f"data {cfg.data or out / 'answers' / 'answers.jsonl'}: {loaded.summary()}", file=sys.stderr)
     folder = save_drafter(accelerator.unwrap_model(model).eval(), out / "drafter")
@@ -215,8 +217,14 @@ def train_once(args: list[str], out: Path) -> Path:
     return out / "drafter"
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines(keepends=True) if path.is_file() else []
+def _flat(cfg: TrainConfig) -> dict:
+    """The config as flat key -> value, for trackers that store hyper-parameters."""
+    from dataclasses import asdict
+
+    flat = {}
+    for key, value in asdict(cfg).items():
+        flat.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
+    return flat
 
 
 def explain(cfg: TrainConfig) -> str:

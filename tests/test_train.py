@@ -42,7 +42,8 @@ def test_every_recipe_parses_and_dry_runs(recipe, capsys):
 def test_a_tiny_run_writes_drafter_metrics_and_eval(tmp_path, kind):
     out = tmp_path / "run"
     assert run([*TINY, f"drafter={kind}", "steps=3", f"output_dir={out}"]) == 0
-    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoint.pt", "drafter", "eval.json"}
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoint.pt", "drafter", "eval.json",
+                                               "training_curve.png"}
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3] and all(x["loss"] == x["loss"] for x in lines)  # not NaN
     assert json.loads((out / "drafter" / "config.json").read_text())["kind"] == kind
@@ -74,6 +75,25 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path)
     a, b = load_file(str(straight / "drafter/model.safetensors")), load_file(str(broken / "drafter/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (straight / "metrics.jsonl").read_text() == metrics.read_text()  # lines past the checkpoint redone once
+
+
+def test_the_schedule_warms_up_decays_to_a_floor_and_resumes_mid_way():
+    from mmvsd.training.optim import build_optimizer, build_schedule
+
+    def lrs(start: int, total: int = 20) -> list[float]:
+        optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2, 2))], lr=1.0)
+        schedule = build_schedule(optimizer, warmup=4, total=total, start=start)
+        seen = []
+        for _ in range(start, total):
+            seen.append(schedule.get_last_lr()[0])
+            optimizer.step()
+            schedule.step()
+        return seen
+
+    straight = lrs(0)
+    assert straight[:5] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(straight[4:], straight[5:])) and straight[-1] == pytest.approx(0.1, abs=0.01)
+    assert lrs(7) == pytest.approx(straight[7:])  # a resumed run continues the same schedule
 
 
 def test_losses_match_a_naive_reference():
@@ -109,6 +129,7 @@ def test_losses_match_a_naive_reference():
     (["recipe=llava7b_msd"], "data file data/llava_v1_5_mix665k.json: no such file"),  # before any model loads
     (["recipe=toy_msd_vsd", "drafter=runs/nope/drafter", "target=tiny-random"], "train it first"),
     (["recipe=toy_msd", "vsd.num_proposals=0"], "vsd.num_proposals must be >= 1"),
+    (["target=tiny-random", "log_with=jsonl,mlflw", "output_dir=OUT"], "unknown tracker 'mlflw'"),
 ])
 def test_bad_input_is_refused_in_one_line(args, message, tmp_path):
     args = [a.replace("OUT", str(tmp_path / "r")) for a in args]

@@ -18,8 +18,8 @@ import torch
 
 from mmvsd.errors import UserError
 
-MAY_CHANGE = ("steps", "resume", "dry_run", "eval_n", "eval_max_new_tokens", "tree", "checkpoint_every", "device",
-              "output_dir", "feature_cache")
+MAY_CHANGE = ("steps", "resume", "dry_run", "eval_n", "eval_max_new_tokens", "tree", "checkpoint_every", "log_with",
+              "device", "output_dir", "feature_cache")
 
 
 def run_fingerprint(cfg, target, drafter, processes: int) -> dict:
@@ -46,7 +46,7 @@ def check_resume(stored: dict | None, current: dict, out: Path) -> None:
     if changed:
         detail = "; ".join(f"{k}: {_short(stored.get(k))} -> {_short(current.get(k))}" for k in changed)
         raise UserError(f"resume=true, but {out} holds another run: start a new one with another output_dir, or "
-                        "resume with that run's settings (only steps, eval_*, tree.* and checkpoint_every may "
+                        "resume with that run's settings (only steps, eval_*, tree.*, checkpoint_every and log_with may "
                         f"change); what differs: {detail}")
 
 
