@@ -71,7 +71,8 @@ def main(cfg: TrainConfig) -> None:
         if source is not None and len(source.records) < cfg.batch_size * processes:
             raise UserError(f"the data has {len(source.records)} usable records, fewer than one global batch "
                             f"({batch_arithmetic(cfg, processes)}); lower batch_size or launch fewer processes")
-    target = load_target(cfg.target, cfg.dtype, str(accelerator.device))
+    target = load_target(cfg.target, cfg.dtype, str(accelerator.device), layers=cfg.target_layers,
+                         vision_layers=cfg.vision_layers)
     target.model.requires_grad_(False)
     cache = FeatureCache(cfg.feature_cache, target, cfg, rank, processes) if cfg.feature_cache else None
     drafter = load_drafter(cfg.drafter, target, seed=cfg.seed)
@@ -159,7 +160,8 @@ def main(cfg: TrainConfig) -> None:
     if cfg.eval_n:
         from mmvsd.bench import run_bench
 
-        report = run_bench(BenchConfig(target=cfg.target, drafter=str(folder), n=cfg.eval_n,
+        report = run_bench(BenchConfig(target=cfg.target, target_layers=cfg.target_layers,
+                                       vision_layers=cfg.vision_layers, drafter=str(folder), n=cfg.eval_n,
                                        max_new_tokens=cfg.eval_max_new_tokens, tree=cfg.tree, dtype=cfg.dtype,
                                        device=str(accelerator.device), seed=cfg.seed))
         summary = {k: report[k] for k in ("tau", "speedup", "identical_outputs", "n_prompts", "acceptance_by_depth",
