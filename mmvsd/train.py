@@ -230,9 +230,11 @@ def _flat(cfg: TrainConfig) -> dict:
 
 
 def explain(cfg: TrainConfig) -> str:
-    """What dry_run=true adds to the config: the batch arithmetic of this launch."""
+    """What dry_run=true adds to the config: the batch arithmetic of this launch and its memory."""
+    from mmvsd.training.memory import estimate
+
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
-    return batch_arithmetic(cfg, processes)
+    return batch_arithmetic(cfg, processes) + "\n" + estimate(cfg, processes)
 
 
 def run(argv: list[str] | None = None) -> int:
