@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from mmvsd import cli
@@ -61,11 +62,14 @@ def main(cfg: TrainConfig) -> None:
         print(f"text_data {cfg.text_data}: {text_loaded.summary()}", file=sys.stderr)
     from accelerate.utils import DistributedDataParallelKwargs
 
-    # ViSpec's adaptor gets no gradient from a text-only batch: DDP must not wait for it.
-    accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
-                              gradient_accumulation_steps=cfg.grad_accum, project_dir=out,
-                              log_with=trackers(cfg.log_with, out / "metrics.jsonl"),
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=kind == "vispec")])
+    try:  # ViSpec's adaptor gets no gradient from a text-only batch: DDP must not wait for it.
+        accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
+                                  gradient_accumulation_steps=cfg.grad_accum, project_dir=out,
+                                  log_with=trackers(cfg.log_with, out / "metrics.jsonl"),
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=kind == "vispec")])
+    except (RuntimeError, ImportError) as e:  # e.g. FSDP launched on a machine without GPUs
+        raise UserError(f"accelerate could not start this launch ({' '.join(str(e).split())}); FSDP and DeepSpeed "
+                        "need GPUs: on CPUs launch data-parallel with torchrun --nproc_per_node N -m mmvsd.train") from None
     rank, processes = accelerator.process_index, accelerator.num_processes
     for source in (loaded, text_loaded):
         if source is not None and len(source.records) < cfg.batch_size * processes:
@@ -106,6 +110,7 @@ def main(cfg: TrainConfig) -> None:
         keep_until(out / "metrics.jsonl", start)
         print(batch_arithmetic(cfg, processes), file=sys.stderr)
     accelerator.init_trackers("mmvsd", config={k: str(v) if v is None else v for k, v in _flat(cfg).items()})
+    began, tokens = time.perf_counter(), 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {drafter.kind}",
                unit="step", dynamic_ncols=True, disable=not accelerator.is_main_process)
     for step in bar:
@@ -119,6 +124,7 @@ def main(cfg: TrainConfig) -> None:
                                                                   rank, processes))
 
                 batch = cache.get(index, features) if cache else features()
+                tokens += int(batch.attention_mask.sum()) * processes  # the processes' shares are the same size
                 # Divide by the mean count over processes: averaged gradients then equal one big batch's.
                 positions = accelerator.reduce(batch.loss_mask.sum().float(), "mean") if processes > 1 else None
                 predicted, vsd_loss, vsd_stats = None, 0.0, {}
@@ -152,6 +158,10 @@ def main(cfg: TrainConfig) -> None:
     accelerator.end_training()
     if not accelerator.is_main_process:
         return
+    seconds = time.perf_counter() - began
+    peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GB" if torch.cuda.is_available() else ""
+    print(f"trained {cfg.steps - start} steps in {seconds:.0f} s: {seconds / max(1, cfg.steps - start):.2f} s/step, "
+          f"{tokens / seconds:.0f} tokens/s over all processes{peak}", file=sys.stderr)
     plot_curve(out / "metrics.jsonl", out / "training_curve.png")
     if loaded is not None and loaded.skipped:
         print(f"data {cfg.data or out / 'answers' / 'answers.jsonl'}: {loaded.summary()}", file=sys.stderr)

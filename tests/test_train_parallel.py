@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +83,20 @@ def test_vispec_trains_on_two_processes_through_text_only_batches(tmp_path):
     """Its image adaptor gets no gradient from a text-only batch; DDP must not hang or fail on it."""
     weights = train(2, tmp_path / "vispec", "drafter=vispec", "batch_size=2", "text_first_steps=2")
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+@pytest.mark.slow
+def test_fsdp_on_a_machine_without_gpus_is_refused_in_one_line(tmp_path):
+    """accelerate's FSDP plugin needs an accelerator device: the launch says so and what to do instead."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  "mmvsd/recipes/accelerate/fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no"]
+    result = subprocess.run([*accelerate, "-m", "mmvsd.train", "target=tiny-random", "steps=2", "eval_n=0",
+                             f"output_dir={tmp_path / 'run'}"], env=ENV, capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    errors = {line for line in result.stderr.splitlines() if line.startswith("error:")}
+    assert result.returncode != 0 and len(errors) == 1 and "FSDP and DeepSpeed need GPUs" in errors.pop()
+
+
+def test_the_gpu_check_script_is_valid_bash():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check_train.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

@@ -10,6 +10,7 @@ the drafter's gradients and optimizer state, not the frozen target.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -71,14 +72,26 @@ def estimate(cfg, processes: int) -> str:
     activations = tokens * (5 * vocab * 4 + (16 * hidden + 4 * text.intermediate_size) * size)
     if cfg.vsd.enabled:
         activations += cfg.batch_size * cfg.vsd.contexts * cfg.vsd.num_proposals * cfg.vsd.depth * vocab * 4 * 3
+    mode, shards = distributed_mode(processes)
     parts = {f"target weights ({cfg.dtype}, {_count(target_params)} parameters)": target_params * size,
              f"drafter weights ({kind}{note}, {_count(drafter_params)} parameters)": drafter_params * size,
-             "drafter gradients and AdamW state": drafter_params * size * 3,
+             f"drafter gradients and AdamW state{' (sharded)' if shards > 1 else ''}": drafter_params * size * 3 / shards,
              f"activations (~, {cfg.batch_size} x {cfg.max_length} tokens)": activations}
-    lines = [f"memory per process (estimate, {processes} process{'es' if processes > 1 else ''}, DDP):"]
+    lines = [f"memory per process (estimate, {processes} process{'es' if processes > 1 else ''}, {mode}):"]
     lines += [f"  {name}: {_size(value)}" for name, value in parts.items()]
     lines.append(f"  total: {_size(sum(parts.values()))}")
     return "\n".join(lines)
+
+
+def distributed_mode(processes: int) -> tuple[str, int]:
+    """How `accelerate launch` set this launch up (from its environment), and over how many
+    processes the drafter's gradients and optimizer state are sharded."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP", processes
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "?")
+        return f"DeepSpeed ZeRO-{stage}", processes if stage in ("1", "2", "3") else 1
+    return ("DDP" if processes > 1 else "one process"), 1
 
 
 def _count(n: int) -> str:
