@@ -32,14 +32,15 @@ from mmvsd.errors import UserError
 def main(cfg: TrainConfig) -> None:
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
     from tqdm import tqdm
 
     from mmvsd.data.loaders import load_records
     from mmvsd.drafters import drafter_kind, load_drafter, save_drafter
     from mmvsd.models import load_target
+    from mmvsd.training.cache import FeatureCache
     from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
     from mmvsd.training.fingerprint import check_resume, run_fingerprint
-    from mmvsd.training.cache import FeatureCache
     from mmvsd.training.features import target_features, text_only_share, training_batch
     from mmvsd.training.optim import build_optimizer, build_schedule
     from mmvsd.training.tracking import keep_until, plot_curve, trackers
@@ -60,8 +61,6 @@ def main(cfg: TrainConfig) -> None:
     if cfg.text_data:
         text_loaded = load_records(cfg.text_data)
         print(f"text_data {cfg.text_data}: {text_loaded.summary()}", file=sys.stderr)
-    from accelerate.utils import DistributedDataParallelKwargs
-
     try:  # ViSpec's adaptor gets no gradient from a text-only batch: DDP must not wait for it.
         accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
                                   gradient_accumulation_steps=cfg.grad_accum, project_dir=out,
