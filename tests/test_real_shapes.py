@@ -67,9 +67,13 @@ def real_args(recipe: str, data, out) -> list[str]:
     if written.get("text_data"):
         files.append(f"text_data={data / 'sharegpt.json'}")
     kind = "vispec" if "vispec" in recipe else "msd"  # a VSD recipe's baseline folder, untrained: enough for 3 steps
+    small = ["batch_size=1", "grad_accum=1"]  # the shapes are real; a CPU affords one conversation per step
+    if written.get("vsd", {}).get("enabled"):
+        small += ["vsd.num_proposals=2", "vsd.contexts=2"]
     return [f"recipe={recipe}", f"target=random:llava-1.5-{'13b' if '13b' in recipe else '7b'}", "target_layers=2",
-            "vision_layers=2", *files, f"drafter={kind}", "steps=3", "warmup_steps=1", "dtype=float32", "device=cpu",
-            "mixed_precision=no", "checkpoint_every=2", "eval_n=1", "eval_max_new_tokens=2", f"output_dir={out}"]
+            "vision_layers=2", *files, f"drafter={kind}", *small, "steps=3", "warmup_steps=1", "dtype=float32",
+            "device=cpu", "mixed_precision=no", "checkpoint_every=2", "eval_n=1", "eval_max_new_tokens=2",
+            f"output_dir={out}"]
 
 
 def train(args: list[str]) -> subprocess.CompletedProcess:
