@@ -117,7 +117,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     from mmvsd.models import load_target
 
     requests = read_requests(cfg.data, cfg.n) if cfg.data else builtin_requests(cfg.n, cfg.seed)
-    target = load_target(cfg.target, cfg.dtype, cfg.device, cfg.download)
+    target = load_target(cfg.target, cfg.dtype, cfg.device, cfg.download, cfg.target_layers, cfg.vision_layers)
     drafter = load_drafter(cfg.drafter, target, cfg.seed)
     assistant = load_assistant(cfg, target) if cfg.assistant else None  # refused before any timing
     prompts = []

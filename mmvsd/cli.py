@@ -15,6 +15,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,7 +24,7 @@ import yaml
 from mmvsd.errors import UserError
 
 T = TypeVar("T")
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(str(resources.files("mmvsd") / "recipes"))  # package data: found after `pip install .` too
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
@@ -208,8 +209,10 @@ def _one_line(error: BaseException | str) -> str:
 
 
 def run(cls: type[T], main: Callable[[T], None], prog: str, doc: str,
-        argv: Sequence[str] | None = None, recipes: bool = False) -> int:
-    """Parse, honour --help and dry_run=true, call `main`, and turn failures into one line."""
+        argv: Sequence[str] | None = None, recipes: bool = False,
+        explain: Callable[[T], str] | None = None) -> int:
+    """Parse, honour --help and dry_run=true (the resolved config, then `explain(cfg)` as YAML
+    comments), call `main`, and turn failures into one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if any(a in ("-h", "--help", "help") for a in argv):
@@ -218,6 +221,8 @@ def run(cls: type[T], main: Callable[[T], None], prog: str, doc: str,
         cfg = parse(cls, argv, RECIPES_DIR if recipes else None)
         if getattr(cfg, "dry_run", False):
             print(to_yaml(cfg), end="")
+            if explain is not None:
+                print("".join(f"# {line}\n" for line in explain(cfg).splitlines()), end="")
             return 0
         main(cfg)
         return 0

@@ -66,7 +66,9 @@ class DecodeConfig:
 class BenchConfig:
     """`python -m mmvsd.bench`: the target alone vs speculative decoding, same inputs, one process."""
 
-    target: str = opt("tiny-random", "tiny-random | toy-s | toy-m | a local folder | a hub id")
+    target: str = opt("tiny-random", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
+    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
+    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
     drafter: str = opt("eagle", "a drafter folder, or a kind (eagle) for an untrained drafter")
     data: str | None = opt(None, 'JSONL of {"image": path, "prompt": text}; default: built-in examples')
     n: int = opt(8, "use at most this many inputs")
@@ -122,7 +124,9 @@ class VsdConfig:
 class TrainConfig:
     """`python -m mmvsd.train recipe=NAME`: train a drafter on a target's own features."""
 
-    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | a local folder | a hub id")
+    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
+    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
+    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
     drafter: str = opt("msd", "a drafter kind (eagle, msd, vispec) to start untrained, or a drafter folder")
     output_dir: str | None = opt(None, "where the run is written (default runs/train)")
     data: str | None = opt(None, "LLaVA/ShareGPT .json or target-answers .jsonl; default: fresh toy-world conversations")
@@ -151,6 +155,7 @@ class TrainConfig:
     seed: int = opt(0, "seed of the drafter's initialisation and of the data stream")
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "accelerate mixed precision (bf16 on GPUs)")
     checkpoint_every: int = opt(50, "steps between atomic checkpoints")
+    log_with: str = opt("jsonl", "metric trackers, comma-separated: jsonl (metrics.jsonl, always on), tensorboard, wandb")
     resume: bool = opt(False, "continue from output_dir/checkpoint.pt exactly where a killed run stopped")
     eval_n: int = opt(8, "held-out toy images for eval.json (0 = skip)")
     eval_max_new_tokens: int = opt(96, "tokens per held-out answer in eval.json")

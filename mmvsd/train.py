@@ -19,7 +19,9 @@ drafter against the target alone on held-out toy images, from the bench). Runs u
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 from mmvsd import cli
@@ -30,15 +32,18 @@ from mmvsd.errors import UserError
 def main(cfg: TrainConfig) -> None:
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
     from tqdm import tqdm
 
     from mmvsd.data.loaders import load_records
-    from mmvsd.drafters import check_drafter_name, load_drafter, save_drafter
+    from mmvsd.drafters import drafter_kind, load_drafter, save_drafter
     from mmvsd.models import load_target
-    from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
     from mmvsd.training.cache import FeatureCache
+    from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
+    from mmvsd.training.fingerprint import check_resume, run_fingerprint
     from mmvsd.training.features import target_features, text_only_share, training_batch
-    from mmvsd.training.optim import build_optimizer, lr_at, set_lr
+    from mmvsd.training.optim import build_optimizer, build_schedule
+    from mmvsd.training.tracking import keep_until, plot_curve, trackers
     from mmvsd.training.vsd import vsd_step
 
     out = Path(cfg.output_dir or "runs/train")
@@ -48,7 +53,7 @@ def main(cfg: TrainConfig) -> None:
     if not cfg.resume and checkpoint.is_file():
         raise UserError(f"{out} already holds a run; pass resume=true to continue it, or another output_dir")
 
-    check_drafter_name(cfg.drafter)  # like the data files below: before any model is loaded
+    kind = drafter_kind(cfg.drafter)  # like the data files below: checked before any model is loaded
     loaded = text_loaded = None
     if cfg.data:  # read and checked before any model is loaded
         loaded = load_records(cfg.data, cfg.image_folder)
@@ -56,11 +61,23 @@ def main(cfg: TrainConfig) -> None:
     if cfg.text_data:
         text_loaded = load_records(cfg.text_data)
         print(f"text_data {cfg.text_data}: {text_loaded.summary()}", file=sys.stderr)
-    accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
-                              gradient_accumulation_steps=cfg.grad_accum)
-    target = load_target(cfg.target, cfg.dtype, str(accelerator.device))
+    try:  # ViSpec's adaptor gets no gradient from a text-only batch: DDP must not wait for it.
+        accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision,
+                                  gradient_accumulation_steps=cfg.grad_accum, project_dir=out,
+                                  log_with=trackers(cfg.log_with, out / "metrics.jsonl"),
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=kind == "vispec")])
+    except (RuntimeError, ImportError) as e:  # e.g. FSDP launched on a machine without GPUs
+        raise UserError(f"accelerate could not start this launch ({' '.join(str(e).split())}); FSDP and DeepSpeed "
+                        "need GPUs: on CPUs launch data-parallel with torchrun --nproc_per_node N -m mmvsd.train") from None
+    rank, processes = accelerator.process_index, accelerator.num_processes
+    for source in (loaded, text_loaded):
+        if source is not None and len(source.records) < cfg.batch_size * processes:
+            raise UserError(f"the data has {len(source.records)} usable records, fewer than one global batch "
+                            f"({batch_arithmetic(cfg, processes)}); lower batch_size or launch fewer processes")
+    target = load_target(cfg.target, cfg.dtype, str(accelerator.device), layers=cfg.target_layers,
+                         vision_layers=cfg.vision_layers)
     target.model.requires_grad_(False)
-    cache = FeatureCache(cfg.feature_cache, target, cfg) if cfg.feature_cache else None
+    cache = FeatureCache(cfg.feature_cache, target, cfg, rank, processes) if cfg.feature_cache else None
     drafter = load_drafter(cfg.drafter, target, seed=cfg.seed)
     if cfg.target_answers:  # after the drafter/target check: this is minutes of generation
         from mmvsd.data.answers import AnswersConfig
@@ -74,60 +91,77 @@ def main(cfg: TrainConfig) -> None:
         accelerator.wait_for_everyone()
         loaded = load_records(answers / "answers.jsonl")
     optimizer = build_optimizer(drafter.parameters(), cfg.lr, cfg.weight_decay)
+    fingerprint = run_fingerprint(cfg, target, drafter, processes)
     start = 0
     if cfg.resume:
         state = load_checkpoint(checkpoint)
+        check_resume(state.get("fingerprint"), fingerprint, out)
         drafter.load_state_dict(state["drafter"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
     drafter.train()
+    schedule = build_schedule(optimizer, cfg.warmup_steps, cfg.steps, start)  # on the bare optimizer: stepped once a step
     model, optimizer = accelerator.prepare(drafter, optimizer)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cli.to_yaml(cfg))
-    metrics_path = out / "metrics.jsonl"
-    kept = [line for line in _lines(metrics_path) if json.loads(line)["step"] <= start]  # drop lines past the checkpoint
-    metrics_path.write_text("".join(kept))
-
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cli.to_yaml(cfg))
+        keep_until(out / "metrics.jsonl", start)
+        print(batch_arithmetic(cfg, processes), file=sys.stderr)
+    accelerator.init_trackers("mmvsd", config={k: str(v) if v is None else v for k, v in _flat(cfg).items()})
+    began, tokens = time.perf_counter(), 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {drafter.kind}",
                unit="step", dynamic_ncols=True, disable=not accelerator.is_main_process)
     for step in bar:
-        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
-        set_lr(optimizer, lr)
+        lr = schedule.get_last_lr()[0]
         for micro in range(cfg.grad_accum):
             with accelerator.accumulate(model):
                 index = step * cfg.grad_accum + micro
 
-                def features(index=index, step=step):
-                    return target_features(target, training_batch(target, cfg, index, step, loaded, text_loaded))
+                def features(index=index, step=step):  # this process's share of the micro-batch only
+                    return target_features(target, training_batch(target, cfg, index, step, loaded, text_loaded,
+                                                                  rank, processes))
 
                 batch = cache.get(index, features) if cache else features()
+                tokens += int(batch.attention_mask.sum()) * processes  # the processes' shares are the same size
+                # Divide by the mean count over processes: averaged gradients then equal one big batch's.
+                positions = accelerator.reduce(batch.loss_mask.sum().float(), "mean") if processes > 1 else None
                 predicted, vsd_loss, vsd_stats = None, 0.0, {}
-                if cfg.vsd.enabled:
-                    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + index)
+                if cfg.vsd.enabled:  # each process samples its own sequences' paths
+                    generator = torch.Generator().manual_seed((cfg.seed * 1_000_003 + index) * 1009 + rank)
                     predicted, vsd_loss, vsd_stats = vsd_step(model, target, batch, cfg.vsd, generator)
-                loss, stats = self_fed_losses(model, batch, drafter.lm_head, cfg, predicted)
+                loss, stats = self_fed_losses(model, batch, drafter.lm_head, cfg, predicted, positions)
                 loss, stats = loss + vsd_loss, {**stats, **vsd_stats}
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr, **{k: round(v, 5) for k, v in stats.items()}}
+        schedule.step()
+        stats = {"loss": loss.item(), **stats}
+        if processes > 1:  # what is logged is the mean over processes
+            stats = dict(zip(stats, accelerator.reduce(torch.tensor(list(stats.values())), "mean").tolist()))
+        record = {"lr": lr, **{k: round(v, 5) for k, v in stats.items()}}
         if cfg.text_first_steps or cfg.text_ramp_steps:
             record["text_only_share"] = round(text_only_share(step, cfg.text_first_steps, cfg.text_ramp_steps), 4)
         shown = {"loss": f"{record['loss']:.3f}", "top1": f"{stats['top1']:.2f}"}
         if cfg.vsd.enabled:
             shown.update(acc_len=f"{stats['accepted_len']:.2f}", ess=f"{stats['ess']:.2f}")
         bar.set_postfix(shown, refresh=False)
+        accelerator.log(record, step=step + 1)
         if accelerator.is_main_process:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                 atomic_torch_save({"drafter": accelerator.unwrap_model(model).state_dict(),
-                                   "optimizer": optimizer.state_dict(), "step": step + 1}, checkpoint)
+                                   "optimizer": optimizer.state_dict(), "step": step + 1,
+                                   "fingerprint": fingerprint}, checkpoint)
+    accelerator.end_training()
     if not accelerator.is_main_process:
         return
+    seconds = time.perf_counter() - began
+    peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GB" if torch.cuda.is_available() else ""
+    print(f"trained {cfg.steps - start} steps in {seconds:.0f} s: {seconds / max(1, cfg.steps - start):.2f} s/step, "
+          f"{tokens / seconds:.0f} tokens/s over all processes{peak}", file=sys.stderr)
+    plot_curve(out / "metrics.jsonl", out / "training_curve.png")
     if loaded is not None and loaded.skipped:
         print(f"data {cfg.data or out / 'answers' / 'answers.jsonl'}: {loaded.summary()}", file=sys.stderr)
     folder = save_drafter(accelerator.unwrap_model(model).eval(), out / "drafter")
@@ -135,7 +169,8 @@ def main(cfg: TrainConfig) -> None:
     if cfg.eval_n:
         from mmvsd.bench import run_bench
 
-        report = run_bench(BenchConfig(target=cfg.target, drafter=str(folder), n=cfg.eval_n,
+        report = run_bench(BenchConfig(target=cfg.target, target_layers=cfg.target_layers,
+                                       vision_layers=cfg.vision_layers, drafter=str(folder), n=cfg.eval_n,
                                        max_new_tokens=cfg.eval_max_new_tokens, tree=cfg.tree, dtype=cfg.dtype,
                                        device=str(accelerator.device), seed=cfg.seed))
         summary = {k: report[k] for k in ("tau", "speedup", "identical_outputs", "n_prompts", "acceptance_by_depth",
@@ -146,12 +181,19 @@ def main(cfg: TrainConfig) -> None:
     print(out)
 
 
-def self_fed_losses(model, batch, lm_head, cfg: TrainConfig, predicted=None):
+def batch_arithmetic(cfg: TrainConfig, processes: int) -> str:
+    """How many conversations one optimizer step sees, and how they are split."""
+    return (f"batch: {cfg.batch_size} per process x {processes} process{'es' if processes > 1 else ''} x "
+            f"{cfg.grad_accum} accumulated = {cfg.batch_size * processes * cfg.grad_accum} conversations per step")
+
+
+def self_fed_losses(model, batch, lm_head, cfg: TrainConfig, predicted=None, positions=None):
     """The baseline losses of the teacher-forced pass, plus those of `cfg.self_feed_passes` more
     passes in which the drafter reads its own predicted features (shifted by one) instead of the
     target's, with the same targets: ViSpec's "MTP" pass (Kang et al. 2025, arXiv 2509.15235),
     which stops the drafter leaning on target features it will not have beyond depth 1.
-    `predicted`: the first pass's output when it was already computed."""
+    `predicted`: the first pass's output when it was already computed; `positions`: see
+    `drafter_losses`."""
     import torch
 
     from mmvsd.training.losses import drafter_losses
@@ -161,7 +203,7 @@ def self_fed_losses(model, batch, lm_head, cfg: TrainConfig, predicted=None):
         if n or predicted is None:  # the first pass may have been run already (with VSD's rollouts)
             predicted = model(features, batch.tokens, batch.image_pairs, batch.image_embeds)  # [B, n, H]
         loss, stats = drafter_losses(predicted, batch.next_features, batch.next_logits, batch.loss_mask, lm_head,
-                                     cfg.regression_weight, cfg.token_weight)
+                                     cfg.regression_weight, cfg.token_weight, positions)
         total = total + loss
         if n == 0:
             first = stats
@@ -186,12 +228,26 @@ def train_once(args: list[str], out: Path) -> Path:
     return out / "drafter"
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines(keepends=True) if path.is_file() else []
+def _flat(cfg: TrainConfig) -> dict:
+    """The config as flat key -> value, for trackers that store hyper-parameters."""
+    from dataclasses import asdict
+
+    flat = {}
+    for key, value in asdict(cfg).items():
+        flat.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
+    return flat
+
+
+def explain(cfg: TrainConfig) -> str:
+    """What dry_run=true adds to the config: the batch arithmetic of this launch and its memory."""
+    from mmvsd.training.memory import estimate
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
+    return batch_arithmetic(cfg, processes) + "\n" + estimate(cfg, processes)
 
 
 def run(argv: list[str] | None = None) -> int:
-    return cli.run(TrainConfig, main, "mmvsd.train", __doc__, argv, recipes=True)
+    return cli.run(TrainConfig, main, "mmvsd.train", __doc__, argv, recipes=True, explain=explain)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 exactly, the losses match a naive reference, and bad input is refused in one line."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,12 +42,17 @@ def test_every_recipe_parses_and_dry_runs(recipe, capsys):
 def test_a_tiny_run_writes_drafter_metrics_and_eval(tmp_path, kind):
     out = tmp_path / "run"
     assert run([*TINY, f"drafter={kind}", "steps=3", f"output_dir={out}"]) == 0
-    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoint.pt", "drafter", "eval.json"}
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoint.pt", "drafter", "eval.json",
+                                               "training_curve.png"}
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3] and all(x["loss"] == x["loss"] for x in lines)  # not NaN
     assert json.loads((out / "drafter" / "config.json").read_text())["kind"] == kind
     report = json.loads((out / "eval.json").read_text())
     assert report["identical_outputs"] is True and report["tau"] >= 1
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [out, *out.rglob("*")]:  # written with the user's umask, as any other tool's files
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path
 
 
 def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path):
@@ -69,6 +75,25 @@ def test_a_killed_run_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path)
     a, b = load_file(str(straight / "drafter/model.safetensors")), load_file(str(broken / "drafter/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (straight / "metrics.jsonl").read_text() == metrics.read_text()  # lines past the checkpoint redone once
+
+
+def test_the_schedule_warms_up_decays_to_a_floor_and_resumes_mid_way():
+    from mmvsd.training.optim import build_optimizer, build_schedule
+
+    def lrs(start: int, total: int = 20) -> list[float]:
+        optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2, 2))], lr=1.0)
+        schedule = build_schedule(optimizer, warmup=4, total=total, start=start)
+        seen = []
+        for _ in range(start, total):
+            seen.append(schedule.get_last_lr()[0])
+            optimizer.step()
+            schedule.step()
+        return seen
+
+    straight = lrs(0)
+    assert straight[:5] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(straight[4:], straight[5:])) and straight[-1] == pytest.approx(0.1, abs=0.01)
+    assert lrs(7) == pytest.approx(straight[7:])  # a resumed run continues the same schedule
 
 
 def test_losses_match_a_naive_reference():
@@ -104,12 +129,30 @@ def test_losses_match_a_naive_reference():
     (["recipe=llava7b_msd"], "data file data/llava_v1_5_mix665k.json: no such file"),  # before any model loads
     (["recipe=toy_msd_vsd", "drafter=runs/nope/drafter", "target=tiny-random"], "train it first"),
     (["recipe=toy_msd", "vsd.num_proposals=0"], "vsd.num_proposals must be >= 1"),
+    (["target=tiny-random", "log_with=jsonl,mlflw", "output_dir=OUT"], "unknown tracker 'mlflw'"),
 ])
 def test_bad_input_is_refused_in_one_line(args, message, tmp_path):
     args = [a.replace("OUT", str(tmp_path / "r")) for a in args]
     result = subprocess.run([sys.executable, "-m", "mmvsd.train", *args], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_resume_refuses_a_changed_run_and_accepts_a_longer_one(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = [*TINY, "drafter=eagle", "steps=2", "eval_n=0", f"output_dir={out}"]
+    assert run(args) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    for change, named in ((["lr=0.01"], "lr: 0.001 -> 0.01"), (["drafter=msd"], "drafter.kind: eagle -> msd"),
+                          (["batch_size=4"], "micro-batch across processes: 2 -> 4"),
+                          (["vsd.enabled=true"], "vsd.enabled: False -> True")):
+        capsys.readouterr()
+        assert run([*args, "resume=true", *change]) == 2
+        error = capsys.readouterr().err
+        assert "holds another run" in error and named in error and len(error.strip().splitlines()) == 1
+    assert (out / "checkpoint.pt").read_bytes() == before  # nothing was touched
+    assert run([*args, "resume=true", "steps=3", "eval_n=1", "eval_max_new_tokens=4", "checkpoint_every=1"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
 
 
 def test_a_drafter_for_another_target_is_refused_before_training(tmp_path):

@@ -10,6 +10,7 @@ that yields no usable record, is refused with one line.
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,14 @@ class Record:
 class Loaded:
     records: list[Record]
     skipped: Counter = field(default_factory=Counter)  # reason -> count
+    _orders: dict[str, list[int]] = field(default_factory=dict, repr=False)
+
+    def order(self, stream: str) -> list[int]:
+        """Record indices in the seeded order of `stream` (shuffled once per stream)."""
+        if stream not in self._orders:
+            self._orders[stream] = list(range(len(self.records)))
+            random.Random(stream).shuffle(self._orders[stream])
+        return self._orders[stream]
 
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common()) or "none"

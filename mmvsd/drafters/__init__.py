@@ -21,6 +21,7 @@ from mmvsd.drafters.eagle import EagleDrafter
 from mmvsd.drafters.msd import MsdDrafter
 from mmvsd.drafters.vispec import VispecDrafter
 from mmvsd.errors import UserError
+from mmvsd.files import ordinary_modes
 
 __all__ = ["DRAFTERS", "DrafterSpec", "build_drafter", "load_drafter", "save_drafter"]
 
@@ -64,6 +65,17 @@ def check_drafter_name(name: str) -> None:
                         "train it first (recipe NAME writes runs/NAME/drafter)")
 
 
+def drafter_kind(name: str) -> str:
+    """The kind of the drafter `name` (a kind, a shipped drafter or a folder), without loading it."""
+    check_drafter_name(name)
+    if name in DRAFTERS:
+        return name
+    try:
+        return json.loads((drafter_folder(name) / "config.json").read_text())["kind"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"drafter {name}: cannot read its kind from config.json ({e})") from None
+
+
 def load_drafter(name: str, target, seed: int = 0) -> EagleDrafter:
     """`name` is a drafter folder, a shipped drafter's name, or a kind for an untrained drafter."""
     check_drafter_name(name)
@@ -102,6 +114,7 @@ def save_drafter(drafter: EagleDrafter, folder: str | Path) -> Path:
         (tmp / "config.json").write_text(json.dumps(drafter.spec.to_dict(), indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in drafter.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"kind": drafter.kind})
+        ordinary_modes(tmp)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Target loading: `tiny-random`, the toy world's targets, a local folder, or a hub id."""
+"""Target loading: `tiny-random`, the toy world's targets, `random:llava-1.5-7b|13b`, a local folder, or a hub id."""
 
 from __future__ import annotations
 
@@ -15,11 +15,19 @@ __all__ = ["LlavaTarget", "PrefillOutput", "Prompt", "load_target", "DTYPES"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def load_target(name: str, dtype: str = "float32", device: str = "cpu", download: bool = False) -> LlavaTarget:
+def load_target(name: str, dtype: str = "float32", device: str = "cpu", download: bool = False,
+                layers: int = 0, vision_layers: int = 0) -> LlavaTarget:
     """Load a LLaVA-1.5 target by id. Hub ids are read from the local cache unless `download`;
     `toy-s` / `toy-m` are the trained folders shipped in the package (built under $MMVSD_HOME
-    instead, on first use, if the package has none for the current spec)."""
+    instead, on first use, if the package has none for the current spec); `random:llava-1.5-7b`
+    and `-13b` are the real shapes with random weights, cut to `layers` / `vision_layers`."""
     torch_dtype = DTYPES[dtype]
+    if name.startswith("random:"):
+        from mmvsd.models.real_shapes import build_real_shape
+
+        return LlavaTarget(*build_real_shape(name, layers, vision_layers, dtype=torch_dtype, device=device), name)
+    if layers or vision_layers:
+        raise UserError(f"target_layers and vision_layers apply to the random:* targets only, not to {name}")
     if name in TOY_TARGETS:
         return LlavaTarget(*_from_pretrained(str(_toy_folder(name)), torch_dtype, device, False), name)
     if name == "tiny-random":
@@ -46,7 +54,8 @@ def _resolve(name: str) -> str:
         return str(Path(name).expanduser())
     if name.startswith(("/", ".", "~")) or name.count("/") != 1:
         raise UserError(f"target {name!r}: no such folder, and not a hub id (owner/name); "
-                        "use tiny-random, toy-s, toy-m, a local folder or a hub id such as llava-hf/llava-1.5-7b-hf")
+                        "use tiny-random, toy-s, toy-m, random:llava-1.5-7b, a local folder or a hub id such as "
+                        "llava-hf/llava-1.5-7b-hf")
     return name
 
 

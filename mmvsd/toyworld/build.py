@@ -28,9 +28,10 @@ import torch
 from tqdm import tqdm
 
 from mmvsd.data.conversations import IGNORE, encode_conversation, pad_batch
+from mmvsd.files import ordinary_modes
 from mmvsd.toyworld.data import questions, random_sample, training_conversation
 from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
-from mmvsd.training.optim import build_optimizer, lr_at, set_lr
+from mmvsd.training.optim import build_optimizer, build_schedule
 
 BUILD_VERSION = 2
 
@@ -221,6 +222,7 @@ def build_target(spec: ToySpec, home: Path | None = None, log=print) -> Path:
     builder.processor.save_pretrained(tmp)
     (tmp / "report.json").write_text(json.dumps(report, indent=2))
     (tmp / "build.json").write_text(json.dumps({"spec": _spec_record(spec)}, indent=2))
+    ordinary_modes(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
@@ -511,16 +513,17 @@ def _train(name: str, module: torch.nn.Module, steps: int, make_batch, loss_fn, 
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
+    schedule = build_schedule(optimizer, max(1, steps // 20), steps, start)
     module.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=name, unit="step", dynamic_ncols=True)
     postfix = {}
     for step in bar:
-        set_lr(optimizer, lr_at(step, steps, lr, warmup=max(1, steps // 20)))
         loss, stats = loss_fn(make_batch(step))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        schedule.step()
         postfix.update(loss=f"{loss.item():.3f}", **{k: f"{v:.2f}" for k, v in stats.items()})
         if control and ((step + 1) % control_every == 0 or step + 1 == steps):
             postfix.update({k: f"{v:.3f}" for k, v in control(step + 1).items()})

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmvsd.errors import UserError
+from mmvsd.files import ordinary_modes
 from mmvsd.training.features import DraftBatch, draft_batch
 
 # Settings that change which conversations micro-batch i holds.
@@ -25,9 +26,12 @@ DATA_KEYS = ("data", "text_data", "image_folder", "max_length", "target_answers"
 
 
 class FeatureCache:
-    def __init__(self, folder: str | Path, target, cfg):
+    """Process `rank` of `processes` keeps its own share of each micro-batch (see `training_batch`)."""
+
+    def __init__(self, folder: str | Path, target, cfg, rank: int = 0, processes: int = 1):
         self.folder, self.target = Path(folder), target
-        meta = {"target": target.fingerprint(), "target_id": cfg.target, "dtype": cfg.dtype,
+        self.suffix = f"-{rank}of{processes}" if processes > 1 else ""
+        meta = {"target": target.fingerprint(), "target_id": cfg.target, "dtype": cfg.dtype, "processes": processes,
                 **{k: getattr(cfg, k) for k in DATA_KEYS}}
         meta_path = self.folder / "meta.json"
         if meta_path.is_file():
@@ -36,14 +40,16 @@ class FeatureCache:
             if changed:
                 raise UserError(f"feature_cache {self.folder} was written with other settings ({', '.join(changed)}); "
                                 "use another folder, or the settings it was written with")
-        else:
+        else:  # every process may get here at once: each writes the same file, atomically
             self.folder.mkdir(parents=True, exist_ok=True)
-            meta_path.write_text(json.dumps(meta, indent=2))
+            tmp = meta_path.with_name(f".meta.json.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(meta, indent=2))
+            os.replace(tmp, meta_path)
 
     def get(self, index: int, make_batch) -> DraftBatch:
         """Micro-batch `index`'s features: from the cache, or from `make_batch()` (a target pass),
         then stored."""
-        path = self.folder / f"{index:08d}.safetensors"
+        path = self.folder / f"{index:08d}{self.suffix}.safetensors"
         if path.is_file():
             t = load_file(str(path), device=str(self.target.device))
             return draft_batch(self.target, t["hidden"], t["input_ids"], t["attention_mask"], t["image_embeds"],
@@ -54,5 +60,6 @@ class FeatureCache:
                    "image_embeds": batch.image_embeds, "loss_mask": batch.loss_mask}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        ordinary_modes(tmp)
         os.replace(tmp, path)
         return batch

@@ -39,22 +39,30 @@ def text_only_share(step: int, text_first_steps: int, text_ramp_steps: int) -> f
     return max(0.0, 1.0 - (step - text_first_steps + 1) / max(1, text_ramp_steps)) if text_ramp_steps else 0.0
 
 
-def training_batch(target, cfg, index: int, step: int, loaded=None, text_loaded=None) -> dict[str, torch.Tensor]:
-    """Micro-batch `index` (of optimizer step `step`, which sets the curriculum's text-only share),
-    a function of the seed and the index only, so a resumed run sees the same data.
+def training_batch(target, cfg, index: int, step: int, loaded=None, text_loaded=None,
+                   rank: int = 0, processes: int = 1) -> dict[str, torch.Tensor]:
+    """This process's share of micro-batch `index` (of optimizer step `step`, which sets the
+    curriculum's text-only share).
 
-    Each conversation is text-only with probability `text_only_share`: taken from `text_loaded`
-    (e.g. ShareGPT) when given, else a conversation of the main source without its image. The
-    main source is `loaded` (a data file) or fresh toy-world images."""
+    The micro-batch has `cfg.batch_size * processes` slots, and slot k is a function of the
+    seed, the index and k only: `processes` processes with batch_size b draw exactly the
+    conversations of one process with batch_size `processes * b`, in the same order (process r
+    takes slots r*b .. r*b + b - 1), and a resumed run sees the same data.
+
+    A slot is text-only with probability `text_only_share`: a conversation from `text_loaded`
+    (e.g. ShareGPT) when given, else the main source's conversation without its image. The main
+    source is `loaded` (a data file) or fresh toy-world images."""
     share = text_only_share(step, cfg.text_first_steps, cfg.text_ramp_steps)
-    rng = random.Random(f"mix-{cfg.seed}-{index}")
-    keep_image = [rng.random() >= share for _ in range(cfg.batch_size)]
-    if text_loaded is not None:
-        main = keep_image.count(True)
-        items = _source_items(target, cfg, index, loaded, [True] * main) + \
-            _file_items(target, text_loaded, f"text-{cfg.seed}", index, cfg.batch_size, [False] * (cfg.batch_size - main))
-    else:
-        items = _source_items(target, cfg, index, loaded, keep_image)
+    stride = cfg.batch_size * processes
+    items = []
+    for slot in range(rank * cfg.batch_size, (rank + 1) * cfg.batch_size):
+        keep_image = random.Random(f"mix-{cfg.seed}-{index}-{slot}").random() >= share
+        if not keep_image and text_loaded is not None:
+            items.append(_file_item(target, text_loaded, f"text-{cfg.seed}", index * stride + slot, False))
+        elif loaded is not None:
+            items.append(_file_item(target, loaded, f"data-{cfg.seed}", index * stride + slot, keep_image))
+        else:
+            items.append(_toy_item(target, cfg, f"drafter-{cfg.seed}-{index}-{slot}", keep_image))
     encoded, images = zip(*items)
     has_image = [image is not None for image in images]
     batch = {**pad_batch(list(encoded), target.tokenizer.pad_token_id or 0, cfg.max_length),
@@ -65,54 +73,40 @@ def training_batch(target, cfg, index: int, step: int, loaded=None, text_loaded=
     return batch
 
 
-def _source_items(target, cfg, index: int, loaded, keep_image: list[bool]) -> list[tuple[Encoded, object]]:
-    if loaded is not None:
-        return _file_items(target, loaded, f"data-{cfg.seed}", index, cfg.batch_size, keep_image)
-    return _toy_items(target, cfg, index, keep_image)
-
-
-def _toy_items(target, cfg, index: int, keep_image: list[bool]) -> list[tuple[Encoded, object]]:
-    """Fresh toy-world images with conversations about them, from a stream of their own, apart
-    from the images the toy targets were trained on."""
+def _toy_item(target, cfg, stream: str, keep_image: bool) -> tuple[Encoded, object]:
+    """A fresh toy-world image with a conversation about it, from a stream of its own, apart from
+    the images the toy targets were trained on."""
     from mmvsd.toyworld.data import random_sample, training_conversation
 
-    rng = random.Random(f"drafter-{cfg.seed}-{index}")
-    size = target.processor.image_processor.crop_size["height"]
-    items = []
-    for keep in keep_image:
-        sample = random_sample(rng, size)
-        turns = training_conversation(sample, rng, cfg.describe_share, 4)
-        items.append((encode_conversation(target.tokenizer, turns, target.image_token_id, target.num_image_tokens,
-                                          image=keep), sample.image if keep else None))
-    return items
+    rng = random.Random(stream)
+    sample = random_sample(rng, target.processor.image_processor.crop_size["height"])
+    turns = training_conversation(sample, rng, cfg.describe_share, 4)
+    return (encode_conversation(target.tokenizer, turns, target.image_token_id, target.num_image_tokens,
+                                image=keep_image), sample.image if keep_image else None)
 
 
-def _file_items(target, loaded, stream: str, index: int, stride: int, keep_image: list[bool]) -> list[tuple[Encoded, object]]:
-    """Records of a data file in a seeded order: micro-batch `index` starts at record
-    index * stride. A record whose image cannot be read is skipped, counted in `loaded.skipped`,
-    and replaced by the next one; `keep_image` False drops a record's image (a text-only turn)."""
+def _file_item(target, loaded, stream: str, position: int, keep_image: bool) -> tuple[Encoded, object]:
+    """Record `position` of a data file in a seeded order (wrapping around). A record whose image
+    cannot be read is counted in `loaded.skipped` and replaced by one drawn from the slot's own
+    stream, so every slot stays independent of the others; `keep_image` False drops a record's
+    image (a text-only turn)."""
     from mmvsd.errors import UserError
     from mmvsd.images import load_image
 
-    order = list(range(len(loaded.records)))
-    random.Random(stream).shuffle(order)
-    items = []
-    position = start = index * stride
-    while len(items) < len(keep_image):
-        if position >= start + stride + len(order):
-            raise UserError("no record of the data file could be used (every image failed to load)")
-        record = loaded.records[order[position % len(order)]]
-        position += 1
+    order = loaded.order(stream)
+    fallback = random.Random(f"{stream}-{position}")
+    for attempt in range(len(order)):
+        record = loaded.records[order[position % len(order)] if attempt == 0 else fallback.randrange(len(order))]
         image = None
-        if record.image is not None and keep_image[len(items)]:
+        if record.image is not None and keep_image:
             try:
                 image = load_image(record.image)
             except UserError:
                 loaded.skipped["unreadable image"] += 1
                 continue
-        items.append((encode_conversation(target.tokenizer, record.turns, target.image_token_id,
-                                          target.num_image_tokens, image=image is not None), image))
-    return items
+        return (encode_conversation(target.tokenizer, record.turns, target.image_token_id, target.num_image_tokens,
+                                    image=image is not None), image)
+    raise UserError("no record of the data file could be used (every image failed to load)")
 
 
 @torch.no_grad()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -17,14 +16,12 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_deca
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
-    """Linear warmup to `peak`, then cosine decay to `floor * peak` at `total` steps."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+def build_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int, start: int = 0,
+                   floor: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' cosine schedule: linear warmup to the peak lr, cosine decay to `floor` x peak
+    at `total` steps. `start`: the step a resumed run continues at (its lr is set now)."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for group in optimizer.param_groups:  # a scheduler that starts past step 0 needs to know the peak
+        group.setdefault("initial_lr", group["lr"])
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total, min_lr_rate=floor, last_epoch=start - 1)
