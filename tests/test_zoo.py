@@ -168,3 +168,29 @@ def test_bench_accepts_the_toy_target(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["identical_outputs"] is True and report["n_prompts"] == 2
+
+
+def test_a_second_builder_of_the_same_cache_entry_waits_and_says_so(tmp_path):
+    import threading
+    import time
+
+    from mmvsd.toyworld.build import cache_lock
+
+    said, order = [], []
+    entry = tmp_path / "targets" / "toy-x"
+
+    def first():
+        with cache_lock(entry, "toy-x", said.append):
+            order.append("first in")
+            time.sleep(0.5)
+            order.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    while not order:
+        time.sleep(0.01)
+    with cache_lock(entry, "toy-x", said.append):
+        order.append("second in")
+    thread.join()
+    assert order == ["first in", "first out", "second in"]
+    assert len(said) == 1 and "another process is building toy-x; waiting" in said[0]

@@ -20,6 +20,8 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -184,12 +186,38 @@ def ship(name: str, home: Path | None = None) -> Path:
     return out
 
 
+@contextmanager
+def cache_lock(path: Path, what: str, log=print) -> Iterator[None]:
+    """Hold `path`.lock while `what` is built in the shared cache: a second process asking for the
+    same build waits (and says so), then finds it built."""
+    from filelock import FileLock, Timeout
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"another process is building {what}; waiting for it ({path}.lock)")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def ensure_datasets(home: Path | None = None, image_size: int = 336, log=print) -> Path:
     """The toy world's saved datasets (shared by all toy targets), built once."""
-    from mmvsd.toyworld.data import build_datasets
-
     folder = data_dir(home)
     if (folder / "done").is_file():
+        return folder
+    with cache_lock(folder, "the toy-world datasets", log):
+        return _build_datasets(folder, image_size, log)
+
+
+def _build_datasets(folder: Path, image_size: int, log) -> Path:
+    from mmvsd.toyworld.data import build_datasets
+
+    if (folder / "done").is_file():  # built while this process waited
         return folder
     log(f"building the toy-world datasets in {folder}")
     tmp = folder.with_name(folder.name + ".tmp")
@@ -207,6 +235,11 @@ def build_target(spec: ToySpec, home: Path | None = None, log=print) -> Path:
     out = target_dir(spec.name, home)
     if is_built(spec, home):
         return out
+    with cache_lock(out, spec.name, log):
+        return out if is_built(spec, home) else _build(spec, out, home, log)
+
+
+def _build(spec: ToySpec, out: Path, home: Path | None, log) -> Path:
     start = time.time()
     work = out.with_name(f".{spec.name}.work")
     work.mkdir(parents=True, exist_ok=True)
