@@ -92,3 +92,15 @@ def test_every_real_recipe_runs_three_steps_at_its_real_shapes(recipe, real_data
     config = json.loads((out / "drafter" / "config.json").read_text())
     assert config["hidden_size"] == (5120 if "13b" in recipe else 4096) and config["vocab_size"] == 32064
     assert json.loads((out / "eval.json").read_text())["identical_outputs"] is True
+
+
+def test_dry_run_estimates_memory_per_process_at_the_real_shapes(capsys):
+    from mmvsd.train import run
+
+    assert run(["recipe=llava13b_vispec", "target=random:llava-1.5-13b", "dry_run=true"]) == 0
+    out = capsys.readouterr().out
+    assert "# batch: 1 per process x 1 process x 8 accumulated = 8 conversations per step" in out
+    assert "target weights (bfloat16, 13.35B parameters): 24.9 GB" in out
+    assert "drafter weights (vispec, 500.7M parameters)" in out  # ViSpec's own code: 500.7M for 13B
+    total = float(out.split("total: ")[1].split(" GB")[0])
+    assert 28 < total < 40

@@ -76,8 +76,9 @@ def estimate(cfg, processes: int) -> str:
     parts = {f"target weights ({cfg.dtype}, {_count(target_params)} parameters)": target_params * size,
              f"drafter weights ({kind}{note}, {_count(drafter_params)} parameters)": drafter_params * size,
              f"drafter gradients and AdamW state{' (sharded)' if shards > 1 else ''}": drafter_params * size * 3 / shards,
-             f"activations (~, {cfg.batch_size} x {cfg.max_length} tokens)": activations}
-    lines = [f"memory per process (estimate, {processes} process{'es' if processes > 1 else ''}, {mode}):"]
+             f"activations (~, {cfg.batch_size} x {cfg.max_length} tokens)": activations,
+             "runtime (the CUDA context, or the Python process on a CPU; ~)": GB}
+    lines = [f"memory per process (estimate, {mode}{f', {processes} processes' if processes > 1 else ''}):"]
     lines += [f"  {name}: {_size(value)}" for name, value in parts.items()]
     lines.append(f"  total: {_size(sum(parts.values()))}")
     return "\n".join(lines)
