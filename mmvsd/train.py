@@ -154,6 +154,9 @@ def main(cfg: TrainConfig) -> None:
                 atomic_torch_save({"drafter": accelerator.unwrap_model(model).state_dict(),
                                    "optimizer": optimizer.state_dict(), "step": step + 1,
                                    "fingerprint": fingerprint}, checkpoint)
+    # The processes part here, together (end_training also ends the process group): the main one
+    # then writes the drafter and evaluates alone.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     if not accelerator.is_main_process:
         return
