@@ -85,7 +85,8 @@ def main(cfg: TrainConfig) -> None:
 
         answers = out / "answers"
         if accelerator.is_main_process:
-            write_answers(AnswersConfig(target=cfg.target, out=str(answers), n=cfg.target_answers,
+            write_answers(AnswersConfig(target=cfg.target, target_layers=cfg.target_layers,
+                                        vision_layers=cfg.vision_layers, out=str(answers), n=cfg.target_answers,
                                         max_new_tokens=cfg.eval_max_new_tokens * 2, seed=cfg.seed, dtype=cfg.dtype,
                                         device=str(accelerator.device)))
         accelerator.wait_for_everyone()

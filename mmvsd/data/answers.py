@@ -28,7 +28,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 @dataclass
 class AnswersConfig:
-    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | a local folder | a hub id")
+    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
+    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
+    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
     out: str = opt("data/answers", "output folder: answers.jsonl (+ images/ for toy-world images)")
     images: str | None = opt(None, "a folder of images to answer about; default: fresh toy-world images")
     n: int = opt(200, "answer at most this many images")
@@ -60,7 +62,7 @@ def main(cfg: AnswersConfig) -> None:
         sources = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: cfg.n]
         if not sources:
             raise UserError(f"images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    target = load_target(cfg.target, cfg.dtype, cfg.device)
+    target = load_target(cfg.target, cfg.dtype, cfg.device, layers=cfg.target_layers, vision_layers=cfg.vision_layers)
     out.mkdir(parents=True, exist_ok=True)
     answers = out / "answers.jsonl"
     done = {json.loads(line)["image"] for line in answers.read_text().splitlines() if line.strip()} \
