@@ -187,17 +187,19 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     width = 0.8 / len(rows)
+    colours = plt.get_cmap("tab20").colors  # one colour per drafter, up to 20
     for i, row in enumerate(rows):
         xs = [x + i * width for x in range(len(SETS))]
-        axes[0].bar(xs, [row[s]["tau"] for s in SETS], width, label=f"{row['kind']}, {row['label']}")
-        axes[1].bar(xs, [row[s]["image_drafted"] for s in SETS], width)
+        style = {"color": colours[i % len(colours)], "label": f"{row['kind']}, {row['label']}"}
+        axes[0].bar(xs, [row[s]["tau"] for s in SETS], width, **style)
+        axes[1].bar(xs, [row[s]["image_drafted"] for s in SETS], width, color=style["color"])
     for ax, title in zip(axes, ("tau (tokens per target forward)", "share of image words from the drafter")):
         ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(SETS))], SETS, fontsize=8)
         ax.set_title(title)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=7)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=120)
 
 
