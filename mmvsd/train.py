@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from mmvsd import cli
@@ -40,7 +41,7 @@ def main(cfg: TrainConfig) -> None:
     from mmvsd.models import load_target
     from mmvsd.training.cache import FeatureCache
     from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
-    from mmvsd.training.fingerprint import check_resume, run_fingerprint
+    from mmvsd.training.fingerprint import check_resume, flatten, run_fingerprint
     from mmvsd.training.features import target_features, text_only_share, training_batch
     from mmvsd.training.optim import build_optimizer, build_schedule
     from mmvsd.training.tracking import keep_until, plot_curve, trackers
@@ -109,7 +110,7 @@ def main(cfg: TrainConfig) -> None:
         (out / "config.yaml").write_text(cli.to_yaml(cfg))
         keep_until(out / "metrics.jsonl", start)
         print(batch_arithmetic(cfg, processes), file=sys.stderr)
-    accelerator.init_trackers("mmvsd", config={k: str(v) if v is None else v for k, v in _flat(cfg).items()})
+    accelerator.init_trackers("mmvsd", config={k: str(v) if v is None else v for k, v in flatten(asdict(cfg)).items()})
     began, tokens = time.perf_counter(), 0
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {drafter.kind}",
                unit="step", dynamic_ncols=True, disable=not accelerator.is_main_process)
@@ -230,16 +231,6 @@ def train_once(args: list[str], out: Path) -> Path:
     if subprocess.run(command).returncode != 0:
         raise UserError(f"training failed; run {' '.join(command[1:])} to see why")
     return out / "drafter"
-
-
-def _flat(cfg: TrainConfig) -> dict:
-    """The config as flat key -> value, for trackers that store hyper-parameters."""
-    from dataclasses import asdict
-
-    flat = {}
-    for key, value in asdict(cfg).items():
-        flat.update({f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value})
-    return flat
 
 
 def explain(cfg: TrainConfig) -> str:

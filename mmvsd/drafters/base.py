@@ -20,13 +20,17 @@ class DrafterSpec:
 
     @staticmethod
     def for_target(kind: str, target, num_heads: int | None = None, **extra) -> DrafterSpec:
-        hidden = target.hidden_size
-        heads = num_heads or max(1, hidden // 64)
-        return DrafterSpec(kind=kind, hidden_size=hidden, num_heads=heads,
-                           intermediate_size=target.model.config.text_config.intermediate_size,
-                           vocab_size=target.vocab_size,
-                           rope_theta=_rope_theta(target.model.config.text_config),
-                           target=target.fingerprint(), extra=extra)
+        return DrafterSpec.for_text_config(kind, target.model.config.text_config, target.fingerprint(), num_heads,
+                                           **extra)
+
+    @staticmethod
+    def for_text_config(kind: str, text_config, target: dict | None = None, num_heads: int | None = None,
+                        **extra) -> DrafterSpec:
+        """Sized for a target's language model, from its config alone (no weights needed)."""
+        hidden = text_config.hidden_size
+        return DrafterSpec(kind=kind, hidden_size=hidden, num_heads=num_heads or max(1, hidden // 64),
+                           intermediate_size=text_config.intermediate_size, vocab_size=text_config.vocab_size,
+                           rope_theta=_rope_theta(text_config), target=target or {}, extra=extra)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -24,11 +24,11 @@ MAY_CHANGE = ("steps", "resume", "dry_run", "eval_n", "eval_max_new_tokens", "tr
 
 def run_fingerprint(cfg, target, drafter, processes: int) -> dict:
     """Flat {key: value} of everything that must not change when a run is resumed."""
-    settings = {k: v for k, v in _flatten(asdict(cfg)).items() if k.split(".")[0] not in MAY_CHANGE}
+    settings = {k: v for k, v in flatten(asdict(cfg)).items() if k.split(".")[0] not in MAY_CHANGE}
     for key in ("batch_size", "drafter"):  # replaced by what they mean below
         settings.pop(key)
     spec = drafter.spec.to_dict()
-    return {**settings, **_flatten({
+    return {**settings, **flatten({
         "micro-batch across processes": cfg.batch_size * processes,
         "drafter": {k: v for k, v in spec.items() if k != "target"},
         "target shape": target.fingerprint(),
@@ -70,11 +70,12 @@ def _file_stamp(path: str) -> dict:
     return {"path": str(Path(path).resolve()), "bytes": stat.st_size, "mtime": int(stat.st_mtime)}
 
 
-def _flatten(values: dict, prefix: str = "") -> dict:
+def flatten(values: dict, prefix: str = "") -> dict:
+    """Nested dicts as one dict with dotted keys."""
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -22,7 +22,8 @@ def drafter_losses(predicted: torch.Tensor, next_features: torch.Tensor, next_lo
     Also reports top-1 agreement with the target."""
     predicted, next_features, next_logits = predicted[mask], next_features[mask], next_logits[mask]  # [m, ...]
     positions = predicted.shape[0] if positions is None else positions
-    regression = F.smooth_l1_loss(predicted.float(), next_features.float(), reduction="sum") / (positions * predicted.shape[-1])
+    regression = F.smooth_l1_loss(predicted.float(), next_features.float(), reduction="sum")
+    regression = regression / (positions * predicted.shape[-1])  # the mean over positions and features
     draft_logp = torch.log_softmax(lm_head(predicted).float(), dim=-1)
     token = -(torch.softmax(next_logits, dim=-1) * draft_logp).sum() / positions
     top1 = (draft_logp.argmax(-1) == next_logits.argmax(-1)).float().sum() / positions

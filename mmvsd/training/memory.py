@@ -62,8 +62,7 @@ def estimate(cfg, processes: int) -> str:
     with torch.device("meta"):
         target_params = sum(p.numel() for p in LlavaForConditionalGeneration(config).parameters())
         text = config.text_config
-        spec = DrafterSpec(kind, text.hidden_size, max(1, text.hidden_size // 64), text.intermediate_size,
-                           text.vocab_size, extra=DEFAULT_EXTRA.get(kind, {}))
+        spec = DrafterSpec.for_text_config(kind, text, **DEFAULT_EXTRA.get(kind, {}))
         drafter_params = sum(p.numel() for p in DRAFTERS[kind](spec, None, None).parameters())
     size = DTYPES[cfg.dtype].itemsize  # the drafter is made in the target's dtype
     tokens, hidden, vocab = cfg.batch_size * cfg.max_length, text.hidden_size, text.vocab_size
