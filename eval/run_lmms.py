@@ -22,7 +22,6 @@ from mmvsd import cli
 from mmvsd.config import opt
 from mmvsd.errors import UserError
 
-TASKS_DIR = Path(__file__).parent / "tasks"
 METRICS = {"mmvsd_vqav2": "exact_match", "mmvsd_chartqa": "relaxed_overall", "mmvsd_pope": "pope_accuracy",
            "mmvsd_describe": "chair_i"}
 
@@ -42,22 +41,20 @@ class RunConfig:
     dry_run: bool = opt(False, "print the resolved config and exit")
 
 
-def evaluate(cfg: RunConfig, name: str, model_args: str) -> dict:
+def evaluate(cfg: RunConfig, name: str, model_args: str, tasks: Path) -> dict:
     from mmvsd.lmms.runner import run_lmms_eval
 
     print(f"lmms-eval: {name}", file=sys.stderr, flush=True)
-    return run_lmms_eval(model_args, cfg.tasks.split(","), TASKS_DIR, Path(cfg.out) / "runs" / name, cfg.limit)
+    return run_lmms_eval(model_args, cfg.tasks.split(","), tasks, Path(cfg.out) / "runs" / name, cfg.limit)
 
 
 def main(cfg: RunConfig) -> None:
-    from mmvsd.toyworld.build import ensure_datasets
-    from mmvsd.toyworld.data import export_test_parquet
+    from mmvsd.lmms.task_files import task_folder
 
-    if not (TASKS_DIR / "data" / "vqav2_test.parquet").is_file():
-        export_test_parquet(ensure_datasets(log=lambda m: print(m, file=sys.stderr)), TASKS_DIR / "data")
+    tasks = task_folder(log=lambda m: print(m, file=sys.stderr))
     tree = f"depth={cfg.depth},top_k={cfg.top_k},total_tokens={cfg.total_tokens}"
-    alone = evaluate(cfg, "target_alone", f"target={cfg.target}")
-    runs = {d: evaluate(cfg, f"drafter_{i}", f"target={cfg.target},drafter={d},{tree}")
+    alone = evaluate(cfg, "target_alone", f"target={cfg.target}", tasks)
+    runs = {d: evaluate(cfg, f"drafter_{i}", f"target={cfg.target},drafter={d},{tree}", tasks)
             for i, d in enumerate(cfg.drafters.split(","))}
     out = Path(cfg.out)
     summary = summarize(cfg, alone, runs)

@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mmvsd import cli, metrics
+from mmvsd.checks import check_device, check_output_file
 from mmvsd.config import BenchConfig
 from mmvsd.decoding import Step, autoregressive_generate, speculative_generate
 from mmvsd.errors import UserError
@@ -65,9 +66,12 @@ class Result:
 def read_requests(path: str, n: int) -> list[Request]:
     """`{"image": path, "prompt": text}` per line, image paths relative to the file.
 
-    A bad line becomes a Request with an error; only a missing or unreadable file stops the run.
+    A bad line becomes a Request with an error naming its line; only a missing or unreadable file
+    stops the run.
     """
     file = Path(path)
+    if file.is_dir():
+        raise UserError(f"data {path}: is a folder; give a JSONL file with one {{\"image\": path, \"prompt\": text}} per line")
     if not file.is_file():
         raise UserError(f"data file {path}: no such file")
     try:
@@ -91,14 +95,34 @@ def _parse_line(line: str, name: str, base: Path) -> Request:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         return Request(name, error=f"{name}: not valid JSON ({e.msg})")
-    if not isinstance(record, dict) or not isinstance(record.get("image"), str) or "prompt" not in record:
-        return Request(name, error=f'{name}: expected {{"image": path, "prompt": text}}')
+    problem = _line_problem(record)
+    if problem:
+        return Request(name, error=f'{name}: {problem}; expected {{"image": path, "prompt": text}}')
     image_path = base / record["image"]
     name = f"{name} ({record['image']})"
     try:
-        return Request(name, load_image(image_path), str(record["prompt"]))
+        return Request(name, load_image(image_path), record["prompt"])
     except UserError as e:
-        return Request(name, prompt=str(record["prompt"]), error=str(e))
+        return Request(name, prompt=record["prompt"], error=str(e))
+
+
+def _line_problem(record: object) -> str | None:
+    """What is wrong with one data line's JSON value, or None."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for key in ("image", "prompt"):
+        if key not in record:
+            return f'no "{key}"'
+        if not isinstance(record[key], str):
+            return f'"{key}" is {_json_kind(record[key])}, not a string'
+        if not record[key].strip():
+            return f'"{key}" is empty'
+    return None
+
+
+def _json_kind(value: object) -> str:
+    return {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def builtin_requests(n: int, seed: int) -> list[Request]:
@@ -116,6 +140,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     from mmvsd.drafters import load_drafter
     from mmvsd.models import load_target
 
+    check_device(cfg.device)
+    if cfg.json:
+        check_output_file(cfg.json, "json")
     requests = read_requests(cfg.data, cfg.n) if cfg.data else builtin_requests(cfg.n, cfg.seed)
     target = load_target(cfg.target, cfg.dtype, cfg.device, cfg.download, cfg.target_layers, cfg.vision_layers)
     drafter = load_drafter(cfg.drafter, target, cfg.seed)

@@ -9,6 +9,7 @@ never config: they are read from the target when models are built.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +28,19 @@ def opt(default: Any, help: str) -> Any:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
+
+
+def _require_finite(config: Any, prefix: str = "") -> None:
+    """inf and nan pass most range checks (inf >= 0); no mmvsd setting means either."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{prefix}{f.name} must be a finite number, got {value}")
+
+
+def _require_layers(config: Any) -> None:
+    _require(config.target_layers >= 0, f"target_layers must be >= 0 (0 = all), got {config.target_layers}")
+    _require(config.vision_layers >= 0, f"vision_layers must be >= 0 (0 = all), got {config.vision_layers}")
 
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -57,6 +71,7 @@ class DecodeConfig:
     tree: TreeConfig = opt(TreeConfig, "draft tree shape")
 
     def __post_init__(self) -> None:
+        _require_finite(self)
         _require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _require(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
         _require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
@@ -87,6 +102,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         _require(self.n >= 1, f"n must be >= 1, got {self.n}")
+        _require_layers(self)
         self.decode  # validates the decoding knobs
 
     @property
@@ -112,6 +128,7 @@ class VsdConfig:
     car_weight: float = opt(0.1, "weight of CAR")
 
     def __post_init__(self) -> None:
+        _require_finite(self, "vsd.")
         for name in ("num_proposals", "depth", "contexts"):
             _require(getattr(self, name) >= 1, f"vsd.{name} must be >= 1, got {getattr(self, name)}")
         _require(self.temperature > 0, f"vsd.temperature must be > 0, got {self.temperature}")
@@ -165,9 +182,13 @@ class TrainConfig:
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "max_length"):
+        _require_finite(self)
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "max_length", "eval_max_new_tokens"):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        _require_layers(self)
         _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        for name in ("warmup_steps", "weight_decay", "regression_weight", "token_weight"):
+            _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _require(0 <= self.describe_share <= 1, f"describe_share must be in [0, 1], got {self.describe_share}")
         _require(self.eval_n >= 0, f"eval_n must be >= 0, got {self.eval_n}")
         _require(min(self.text_first_steps, self.text_ramp_steps) >= 0, "text_first_steps and text_ramp_steps must be >= 0")

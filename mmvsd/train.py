@@ -47,7 +47,10 @@ def main(cfg: TrainConfig) -> None:
     from mmvsd.training.tracking import keep_until, plot_curve, trackers
     from mmvsd.training.vsd import vsd_step
 
-    out = Path(cfg.output_dir or "runs/train")
+    from mmvsd.checks import check_device, check_output_dir
+
+    check_device(cfg.device)
+    out = check_output_dir(cfg.output_dir or "runs/train", "output_dir")
     checkpoint = out / "checkpoint.pt"
     if cfg.resume and not checkpoint.is_file():
         raise UserError(f"resume=true but {checkpoint} does not exist; start the run without resume=true")

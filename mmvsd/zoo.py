@@ -5,7 +5,8 @@
     python -m mmvsd.zoo list             # shipped and built targets, where, and their accuracy
     python -m mmvsd.zoo build toy-s      # rebuild it from nothing under $MMVSD_HOME
     python -m mmvsd.zoo build toy-m ship=true   # rebuild, then copy it into the package (maintainers)
-    python -m mmvsd.zoo data             # the toy test splits as parquet for the lmms-eval tasks in eval/tasks
+    python -m mmvsd.zoo tasks            # the lmms-eval task files with the toy test splits: prints the
+                                         # folder to pass as --include_path (made once, under $MMVSD_HOME)
 
 toy-s and toy-m ship trained inside the package (mmvsd/weights/targets): nothing is built on the
 way to a benchmark. A build lives under $MMVSD_HOME/targets (default ~/.cache/mmvsd), next to the
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmvsd import cli
+from mmvsd.checks import check_output_dir, mmvsd_home
 from mmvsd.config import opt
 from mmvsd.errors import UserError
 
@@ -32,7 +34,6 @@ class ZooConfig:
     force: bool = opt(False, "rebuild even if the target is already built")
     ship: bool = opt(False, "`build`: copy the built target into the package (mmvsd/weights/targets)")
     remeasure: int = opt(0, "`report`: measure again now on this many held-out questions per family (0: no)")
-    out: str = opt("eval/tasks/data", "`data`: where the parquet files go (eval/tasks/*.yaml read them from there)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
 
@@ -84,12 +85,13 @@ def report_folder(name: str, home: Path | None) -> Path:
 def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
     from mmvsd.toyworld.build import TOY_SPECS, build_target, is_built, is_current, ship, shipped_target_dir, target_dir
 
-    home = Path(cfg.home).expanduser() if cfg.home else None
-    if command == "data":
-        from mmvsd.toyworld.build import ensure_datasets
-        from mmvsd.toyworld.data import export_test_parquet
+    home = check_output_dir(cfg.home, "home") if cfg.home else None
+    if command in ("build", "tasks"):
+        home = home or mmvsd_home()  # checked writable before minutes of work
+    if command == "tasks":
+        from mmvsd.lmms.task_files import task_folder
 
-        print(export_test_parquet(ensure_datasets(home, log=lambda m: print(m, file=sys.stderr)), Path(cfg.out)))
+        print(task_folder(home, log=lambda m: print(m, file=sys.stderr)))
         return
     if command == "list":
         for name, spec in TOY_SPECS.items():
@@ -143,8 +145,8 @@ def run(argv: list[str] | None = None) -> int:
     words = [a for a in argv if "=" not in a and not a.startswith("-")]
     options = [a for a in argv if a not in words]
     command, names = (words[0], words[1:]) if words else ("", [])
-    if command not in ("build", "report", "list", "data") and not any(a in ("-h", "--help") for a in argv):
-        print(f"error: expected `build NAME`, `report NAME`, `list` or `data`, got {' '.join(words) or 'nothing'} "
+    if command not in ("build", "report", "list", "tasks") and not any(a in ("-h", "--help") for a in argv):
+        print(f"error: expected `build NAME`, `report NAME`, `list` or `tasks`, got {' '.join(words) or 'nothing'} "
               "(see --help)", file=sys.stderr)
         return 2
     return cli.run(ZooConfig, lambda cfg: main(cfg, command, names), "mmvsd.zoo build NAME", __doc__, options)

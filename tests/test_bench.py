@@ -45,10 +45,17 @@ def write_inputs(folder: Path) -> tuple[Path, int, dict[str, str]]:
         "images/empty.png": ({"image": "images/empty.png", "prompt": "hi"}, "the file is empty"),
         "images/text.jpg": ({"image": "images/text.jpg", "prompt": "hi"}, "not an image file"),
         "images/cut.png": ({"image": "images/cut.png", "prompt": "hi"}, "cannot decode"),
-        "empty prompt": ({"image": "images/scene.png", "prompt": "   \n"}, "the prompt is empty"),
+        "empty prompt": ({"image": "images/scene.png", "prompt": "   \n"}, '"prompt" is empty'),
+        "null prompt": ({"image": "images/scene.png", "prompt": None}, '"prompt" is null, not a string'),
+        "number prompt": ({"image": "images/scene.png", "prompt": 42}, '"prompt" is a number, not a string'),
+        "list prompt": ({"image": "images/scene.png", "prompt": ["a"]}, '"prompt" is a list, not a string'),
+        "no prompt": ({"image": "images/scene.png"}, 'no "prompt"'),
+        "object image": ({"image": {"path": "a.png"}, "prompt": "hi"}, '"image" is an object, not a string'),
+        "folder image": ({"image": "images", "prompt": "hi"}, "is a folder, not an image file"),
+        "a list line": (["images/scene.png", "hi"], "a JSON list, not an object"),
         "long prompt": ({"image": "images/scene.png", "prompt": "why " * 400}, "the prompt is too long"),
         "placeholder": ({"image": "images/scene.png", "prompt": "what is <image>?"}, "reserved"),
-        "no image key": ({"prompt": "hi"}, "expected"),
+        "no image key": ({"prompt": "hi"}, 'no "image"; expected {"image": path, "prompt": text}'),
     }
     lines = [json.dumps(r, ensure_ascii=False) for r in good] + [json.dumps(r) for r, _ in bad.values()]
     lines.append("{not json")
@@ -84,6 +91,7 @@ def test_bench_on_mixed_inputs_is_identical_and_lists_every_error(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["data=/no/such/file.jsonl"], "error: data file /no/such/file.jsonl: no such file"),
+    (["data=/tmp"], "error: data /tmp: is a folder; give a JSONL file"),
     (["max_new_tokens=0"], "error: max_new_tokens must be >= 1"),
     (["max_new_token=5"], "did you mean 'max_new_tokens'"),
     (["drafter=/no/drafter"], "error: drafter '/no/drafter': not a folder, a drafter kind"),

@@ -11,11 +11,12 @@ from mmvsd.errors import UserError
 from mmvsd.images import load_image, to_rgb
 
 
-def png_with_header_size(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height (a decompression bomb's shape)."""
+def png_with_header_size(width: int, height: int, colour_type: int = 0) -> bytes:
+    """A tiny PNG whose header claims width x height (a decompression bomb's shape); colour type 0
+    is 8-bit grayscale, 6 is RGBA."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
 
 
@@ -33,7 +34,8 @@ def saved(tmp_path, image: Image.Image, name: str, **kwargs):
     (lambda: Image.new("CMYK", (40, 30), (0, 255, 0, 0)), (40, 30)),
     (lambda: Image.new("I;16", (40, 30), 40000), (40, 30)),  # 16-bit
     (lambda: Image.new("RGB", (1, 1), (9, 9, 9)), (1, 1)),  # one pixel
-    (lambda: Image.new("RGB", (5000, 1)), (5000, 5000)),  # extreme aspect: padded to a square
+    (lambda: Image.new("RGB", (5000, 1)), (1344, 1344)),  # extreme aspect: shrunk, then padded to a square
+    (lambda: Image.new("RGB", (3000, 2000)), (1344, 896)),  # shrunk to MAX_SIDE, aspect kept
 ])
 def test_unusual_images_become_rgb(make, size):
     image = to_rgb(make())
@@ -69,6 +71,7 @@ def test_bad_files_are_refused_with_the_reason(tmp_path):
         "truncated.png": (good.getvalue()[: len(good.getvalue()) // 2], "cannot decode"),
         "bomb.png": (png_with_header_size(100_000, 100_000), "decompression"),
         "big.png": (png_with_header_size(9000, 7000), "9000x7000 is 63 million pixels"),
+        "costly.png": (png_with_header_size(8000, 6000, colour_type=6), "8000x6000 RGBA image takes 192 MB to decode"),
     }
     for name, (data, message) in cases.items():
         path = tmp_path / name
@@ -77,7 +80,7 @@ def test_bad_files_are_refused_with_the_reason(tmp_path):
         with pytest.raises(UserError, match=message) as error:
             load_image(path)
         assert "\n" not in str(error.value) and name in str(error.value)
-    with pytest.raises(UserError, match="not a file"):
+    with pytest.raises(UserError, match="is a folder, not an image file"):
         load_image(tmp_path)
 
 

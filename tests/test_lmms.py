@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from mmvsd.errors import UserError
 from mmvsd.lmms.runner import run_lmms_eval
-from mmvsd.toyworld.data import build_datasets, export_test_parquet
+from mmvsd.lmms.task_files import TEMPLATES, task_folder
+from mmvsd.toyworld.data import build_datasets
 
 TASKS = ["mmvsd_vqav2", "mmvsd_chartqa", "mmvsd_pope", "mmvsd_describe"]
 
 
 def test_lmms_eval_scores_speculative_answers_exactly_as_the_targets(tmp_path):
     build_datasets(tmp_path / "toy", seed=0, image_size=128, sizes={"train": 1, "validation": 1, "test": 3})
-    tasks = tmp_path / "tasks"
-    shutil.copytree(Path(__file__).parent.parent / "eval" / "tasks", tasks, ignore=shutil.ignore_patterns("data"))
-    export_test_parquet(tmp_path / "toy", tasks / "data")
+    tasks = task_folder(tmp_path / "home", datasets=tmp_path / "toy")
+    assert task_folder(tmp_path / "home") == tasks  # made once, then found
 
     alone = run_lmms_eval("target=tiny-random", TASKS, tasks, tmp_path / "alone", limit=3)
     spec = run_lmms_eval("target=tiny-random,drafter=eagle,depth=3,top_k=2,total_tokens=6", TASKS, tasks,
@@ -34,7 +35,7 @@ def test_lmms_eval_scores_speculative_answers_exactly_as_the_targets(tmp_path):
 
 
 def test_chair_counts_stated_facts_that_are_not_in_the_image():
-    from mmvsd.lmms.tasks import describe_process_results, pooled_share
+    from mmvsd.lmms.describe import describe_process_results, pooled_share
     from mmvsd.toyworld.data import truth_json
     from mmvsd.toyworld.scenes import Scene, Shape
 
@@ -53,7 +54,7 @@ def test_every_task_indexes_and_the_hub_switch_names_the_lmms_lab_datasets():
     from lmms_eval.tasks import TaskManager
     from lmms_eval.utils import load_yaml_config
 
-    tasks = Path(__file__).parent.parent / "eval" / "tasks"
+    tasks = TEMPLATES
     names = set(TaskManager(include_path=str(tasks), include_defaults=False).all_tasks)
     assert {*TASKS, "mmvsd_vqav2_hub", "mmvsd_chartqa_hub", "mmvsd_pope_hub"} <= names
     for task, dataset in [("vqav2", "lmms-lab-encoder/VQAv2"), ("chartqa", "lmms-lab-encoder/ChartQA"),
@@ -77,3 +78,19 @@ def test_the_runner_reports_identical_accuracy_and_speed(tmp_path):
     assert len(summary["drafters"]["eagle"]["acceptance_by_depth"]) == 3
     assert "| mmvsd_pope (pope_accuracy) |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "acceptance_by_depth.png").stat().st_size > 1000
+
+
+def test_tasks_without_their_data_are_refused_in_one_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from mmvsd.lmms.task_files import check_task_data
+
+    with pytest.raises(UserError, match=r"mmvsd_pope: .*data/pope_test.parquet does not exist; run `python -m mmvsd.zoo tasks`"):
+        check_task_data(["mmvsd_pope"], TEMPLATES)  # the package's own YAMLs have no data beside them
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError, match="mmvsd_pope_hub needs the Hugging Face dataset lmms-lab-encoder/POPE"):
+        check_task_data(["mmvsd_pope_hub"], TEMPLATES)
+    (tmp_path / "hub" / "datasets--lmms-lab-encoder--POPE").mkdir(parents=True)
+    check_task_data(["mmvsd_pope_hub"], TEMPLATES)  # in the cache: lmms-eval may go on

@@ -44,6 +44,8 @@ class AnswersConfig:
     def __post_init__(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1:
             raise UserError("n and max_new_tokens must be >= 1")
+        if self.target_layers < 0 or self.vision_layers < 0:
+            raise UserError("target_layers and vision_layers must be >= 0 (0 = all)")
 
 
 def main(cfg: AnswersConfig) -> None:
@@ -52,13 +54,15 @@ def main(cfg: AnswersConfig) -> None:
     from mmvsd.config import DecodeConfig
     from mmvsd.decoding import autoregressive_generate, collect_tokens
     from mmvsd.images import load_image
+    from mmvsd.checks import check_device, check_output_dir
     from mmvsd.models import load_target
 
-    out = Path(cfg.out)
+    check_device(cfg.device)
+    out = check_output_dir(cfg.out, "out")
     if cfg.images:
         folder = Path(cfg.images).expanduser()
         if not folder.is_dir():
-            raise UserError(f"images {folder}: no such folder")
+            raise UserError(f"images {folder}: {'is a file, not a folder' if folder.exists() else 'no such folder'}")
         sources = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: cfg.n]
         if not sources:
             raise UserError(f"images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")

@@ -49,11 +49,13 @@ def load_records(path: str | Path, image_folder: str | Path | None = None) -> Lo
     """Read a .json (LLaVA or ShareGPT: a list of {"conversations": [...]}) or a .jsonl of target
     answers; image paths are relative to `image_folder` (default: the data file's folder)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"data {path}: is a folder; give the conversations file itself (.json or .jsonl)")
     if not path.is_file():
         raise UserError(f"data file {path}: no such file")
     folder = Path(image_folder).expanduser() if image_folder else path.parent
     if image_folder and not folder.is_dir():
-        raise UserError(f"image_folder {folder}: no such folder")
+        raise UserError(f"image_folder {folder}: {'is a file, not a folder' if folder.exists() else 'no such folder'}")
     try:
         text = path.read_text(encoding="utf-8")
         items = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" \

@@ -14,6 +14,9 @@ from mmvsd.errors import UserError
 def run_lmms_eval(model_args: str, tasks: list[str], include_path: Path, out: Path, limit: int = 0) -> dict:
     """`python -m lmms_eval --model mmvsd` on `tasks` (found in `include_path`), writing to `out`.
     Returns the results JSON, plus "answers": {task: [each document's answer]}."""
+    from mmvsd.lmms.task_files import check_task_data
+
+    check_task_data(tasks, include_path)
     command = [sys.executable, "-m", "lmms_eval", "--model", "mmvsd", "--model_args", model_args,
                "--tasks", ",".join(tasks), "--include_path", str(include_path), "--batch_size", "1",
                "--output_path", str(out), "--log_samples", "--verbosity", "DEBUG",  # DEBUG re-raises errors

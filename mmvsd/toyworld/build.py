@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mmvsd.checks import mmvsd_home
 from mmvsd.data.conversations import IGNORE, encode_conversation, pad_batch
 from mmvsd.files import ordinary_modes
 from mmvsd.toyworld.data import questions, random_sample, training_conversation
@@ -81,10 +82,6 @@ TOY_SPECS = {
                      truth_grid=6, truth_steps=700, tower_steps=400, tune_steps=150, grow_from="toy-s",
                      list_share=0.5),
 }
-
-
-def mmvsd_home() -> Path:
-    return Path(os.environ.get("MMVSD_HOME", "~/.cache/mmvsd")).expanduser()
 
 
 def target_dir(name: str, home: Path | None = None) -> Path:
