@@ -19,7 +19,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from mmvsd.errors import UserError
 
 MAX_PIXELS = 50_000_000  # a 48-MP phone photo fits; a 9000x7000 (63 MP) bomb does not
-MAX_DECODE_BYTES = 160_000_000  # a 50-MP RGB PNG fits; the same in RGBA (200 MB) does not
+MAX_DECODE_BYTES = 120_000_000  # a 40-MP RGB PNG (6300x6300) fits; the same in RGBA (160 MB) does not
 MAX_SIDE = 1344  # 4x LLaVA-1.5's 336-px input: detail to spare for any processor, 5.4 MB at most in RGB
 MAX_ASPECT = 4.0  # beyond this, pad to a square (LLaVA-1.5's own "pad" preprocessing), after the shrink
 # Bytes per pixel while a mode is decoded and turned into 8 bits at full size (see _to_8_bits).

@@ -71,7 +71,7 @@ def test_bad_files_are_refused_with_the_reason(tmp_path):
         "truncated.png": (good.getvalue()[: len(good.getvalue()) // 2], "cannot decode"),
         "bomb.png": (png_with_header_size(100_000, 100_000), "decompression"),
         "big.png": (png_with_header_size(9000, 7000), "9000x7000 is 63 million pixels"),
-        "costly.png": (png_with_header_size(8000, 6000, colour_type=6), "8000x6000 RGBA image takes 192 MB to decode"),
+        "costly.png": (png_with_header_size(6000, 6000, colour_type=6), "6000x6000 RGBA image takes 144 MB to decode"),
     }
     for name, (data, message) in cases.items():
         path = tmp_path / name
@@ -91,3 +91,37 @@ def test_truncated_jpeg_is_refused(tmp_path):
     path.write_bytes(buffer.getvalue()[:2000])
     with pytest.raises(UserError, match="cut.jpg: cannot decode"):
         load_image(path)
+
+
+def peak_rss_mb(argv: list[str], cwd) -> float:
+    """Peak resident memory of one child process (its own, not the largest child's so far)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, *argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, child.stderr.read().decode()[-2000:]
+    return usage.ru_maxrss / 1024  # kilobytes on Linux
+
+
+def test_small_files_cost_little_memory_whatever_their_dimensions(tmp_path):
+    """The issue's 327-byte 20000x4 PNG once cost 2 GB (padded to a square before the shrink); a
+    flat PNG of the largest size still decoded (MAX_DECODE_BYTES) is under 1 MB too. A bench on
+    either may use at most 200 MB more than on a 64x64 picture."""
+    from mmvsd.images import MAX_DECODE_BYTES
+
+    side = int((MAX_DECODE_BYTES / 3) ** 0.5)
+    images = {"small.png": Image.new("RGB", (64, 64), (200, 30, 30)),
+              "thin.png": Image.new("RGB", (20000, 4), (200, 30, 30)),
+              "flat.png": Image.new("RGB", (side, side), (30, 30, 200))}
+    peaks = {}
+    for name, image in images.items():
+        image.save(tmp_path / name)
+        assert (tmp_path / name).stat().st_size < 1_000_000
+        (tmp_path / f"{name}.jsonl").write_text(f'{{"image": "{name}", "prompt": "Describe it."}}\n')
+        peaks[name] = peak_rss_mb(["-m", "mmvsd.bench", "target=tiny-random", "drafter=eagle", "max_new_tokens=2",
+                                   f"data={tmp_path / f'{name}.jsonl'}"], tmp_path)
+    assert peaks["thin.png"] - peaks["small.png"] < 200, peaks
+    assert peaks["flat.png"] - peaks["small.png"] < 200, peaks

@@ -23,11 +23,12 @@ from lmms_eval.models.registry_v2 import ModelManifest
 from lmms_eval.protocol import ChatMessages
 
 from mmvsd import metrics
+from mmvsd.checks import check_device
 from mmvsd.config import DecodeConfig, TreeConfig
 from mmvsd.decoding.speculative import autoregressive_generate, speculative_generate
 from mmvsd.drafters import load_drafter
 from mmvsd.errors import UserError
-from mmvsd.models import load_target
+from mmvsd.models import DTYPES, load_target
 
 
 def manifests() -> ModelManifest:
@@ -45,10 +46,17 @@ class Mmvsd(lmms):
             raise UserError(f"mmvsd decodes one request at a time: use --batch_size 1, not {batch_size}")
         if unused:
             raise UserError(f"unknown model_args for mmvsd: {', '.join(sorted(unused))} (see mmvsd.lmms.model)")
+        try:  # every setting checked before the target is loaded
+            self.tree = TreeConfig(int(depth), int(top_k), int(total_tokens))
+            self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
+        except ValueError as e:
+            raise UserError(f"mmvsd model_args: {e}") from None
+        DecodeConfig(1, self.temperature, self.top_p, self.seed, self.tree)
+        if dtype not in DTYPES:
+            raise UserError(f"mmvsd model_args: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        check_device(device)
         self.target = load_target(target, dtype, device)
         self.drafter = load_drafter(drafter, self.target, seed) if drafter else None
-        self.tree = TreeConfig(int(depth), int(top_k), int(total_tokens))
-        self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
 
     def generate_until(self, requests) -> list[GenerationResult]:
         results = []
