@@ -212,7 +212,7 @@ def run(cls: type[T], main: Callable[[T], None], prog: str, doc: str,
         argv: Sequence[str] | None = None, recipes: bool = False,
         explain: Callable[[T], str] | None = None) -> int:
     """Parse, honour --help and dry_run=true (the resolved config, then `explain(cfg)` as YAML
-    comments), call `main`, and turn failures into one line."""
+    comments), size torch's thread pool (`threads=`), call `main`, and turn failures into one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if any(a in ("-h", "--help", "help") for a in argv):
@@ -224,6 +224,10 @@ def run(cls: type[T], main: Callable[[T], None], prog: str, doc: str,
             if explain is not None:
                 print("".join(f"# {line}\n" for line in explain(cfg).splitlines()), end="")
             return 0
+        if hasattr(cfg, "threads"):
+            from mmvsd.threads import configure_threads
+
+            configure_threads(cfg.threads)
         main(cfg)
         return 0
     except UserError as e:

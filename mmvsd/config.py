@@ -38,6 +38,10 @@ def _require_finite(config: Any, prefix: str = "") -> None:
             raise UserError(f"{prefix}{f.name} must be a finite number, got {value}")
 
 
+def _require_threads(config: Any) -> None:
+    _require(config.threads >= 0, f"threads must be >= 0 (0 = automatic), got {config.threads}")
+
+
 def _require_layers(config: Any) -> None:
     _require(config.target_layers >= 0, f"target_layers must be >= 0 (0 = all), got {config.target_layers}")
     _require(config.vision_layers >= 0, f"vision_layers must be >= 0 (0 = all), got {config.vision_layers}")
@@ -98,11 +102,14 @@ class BenchConfig:
     dtype: Dtype = opt("float32", "weights and activations dtype")
     device: str = opt("cpu", "torch device, e.g. cpu or cuda")
     download: bool = opt(False, "allow fetching a hub id that is not in the local cache")
+    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores shared among the processes "
+                          "launched together)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
         _require(self.n >= 1, f"n must be >= 1, got {self.n}")
         _require_layers(self)
+        _require_threads(self)
         self.decode  # validates the decoding knobs
 
     @property
@@ -179,6 +186,8 @@ class TrainConfig:
     tree: TreeConfig = opt(TreeConfig, "draft tree shape used by eval.json")
     dtype: Dtype = opt("float32", "target weights dtype")
     device: str = opt("cpu", "torch device for the target and drafter (accelerate picks it under launch)")
+    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores shared among the processes "
+                          "launched together)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
@@ -186,6 +195,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "max_length", "eval_max_new_tokens"):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         _require_layers(self)
+        _require_threads(self)
         _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         for name in ("warmup_steps", "weight_decay", "regression_weight", "token_weight"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")

@@ -34,6 +34,8 @@ class ZooConfig:
     force: bool = opt(False, "rebuild even if the target is already built")
     ship: bool = opt(False, "`build`: copy the built target into the package (mmvsd/weights/targets)")
     remeasure: int = opt(0, "`report`: measure again now on this many held-out questions per family (0: no)")
+    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores shared among the processes "
+                          "launched together)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
 

@@ -1,5 +1,5 @@
-"""A wheel carries what the commands need: recipes, accelerate configs, shipped weights; an
-installed copy finds its recipes from any directory."""
+"""A wheel carries what the commands need: recipes, accelerate configs, lmms-eval task files,
+shipped weights; an installed copy finds its recipes and task files from any directory."""
 
 import subprocess
 import sys
@@ -26,6 +26,8 @@ def test_the_wheel_holds_recipes_configs_and_weights(wheel):
     assert {"toy_msd", "toy_eagle", "toy_vispec", "llava7b_msd", "llava13b_vispec_vsd"} <= recipes
     assert {"mmvsd/recipes/accelerate/fsdp.yaml", "mmvsd/recipes/accelerate/deepspeed.yaml"} <= names
     assert "mmvsd/weights/targets/toy-s/model.safetensors" in names
+    assert {"mmvsd/lmms/tasks/mmvsd_pope.yaml", "mmvsd/lmms/tasks/mmvsd_describe.yaml",
+            "mmvsd/lmms/tasks/hub/mmvsd_vqav2_hub.yaml"} <= names
 
 
 def test_an_installed_copy_finds_its_recipes_from_any_directory(wheel, tmp_path):
@@ -36,9 +38,11 @@ def test_an_installed_copy_finds_its_recipes_from_any_directory(wheel, tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     result = subprocess.run([sys.executable, "-c", "import mmvsd, sys; print(mmvsd.__file__); "
+                             "from mmvsd.lmms.task_files import TEMPLATES; print(sorted(p.name for p in TEMPLATES.rglob('*.yaml'))); "
                              "from mmvsd.train import run; sys.exit(run(['recipe=toy_msd', 'dry_run=true']))"],
                             cwd=elsewhere, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(str(site))  # the installed copy, not this checkout
+    assert "'mmvsd_chartqa.yaml', 'mmvsd_chartqa_hub.yaml', 'mmvsd_describe.yaml'" in result.stdout
     assert "drafter: msd" in result.stdout and "# batch: 8 per process" in result.stdout

@@ -126,7 +126,7 @@ def test_losses_match_a_naive_reference():
     (["recipe=toy_msd", "steps=many"], "steps"),
     (["drafter=medusa", "target=tiny-random", "output_dir=OUT"], "not a folder, a drafter kind"),
     (["resume=true", "target=tiny-random", "output_dir=OUT"], "resume=true but"),
-    (["recipe=llava7b_msd"], "data file data/llava_v1_5_mix665k.json: no such file"),  # before any model loads
+    (["recipe=llava7b_msd", "device=cpu"], "data file data/llava_v1_5_mix665k.json: no such file"),  # before any model loads
     (["recipe=toy_msd_vsd", "drafter=runs/nope/drafter", "target=tiny-random"], "train it first"),
     (["recipe=toy_msd", "vsd.num_proposals=0"], "vsd.num_proposals must be >= 1"),
     (["target=tiny-random", "log_with=jsonl,mlflw", "output_dir=OUT"], "unknown tracker 'mlflw'"),

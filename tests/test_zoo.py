@@ -90,7 +90,7 @@ def test_a_grown_target_starts_as_the_small_one_and_builds(home, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    ((), "expected `build NAME`, `report NAME`, `list` or `data`"),
+    ((), "expected `build NAME`, `report NAME`, `list` or `tasks`"),
     (("build",), "name a target"),
     (("build", "toy-xl"), "unknown toy target 'toy-xl'"),
     (("build", "toy-s", "forse=true"), "unknown key"),

@@ -39,13 +39,15 @@ class AnswersConfig:
     seed: int = opt(0, "seed of the toy-world image stream")
     dtype: Dtype = opt("float32", "target weights dtype")
     device: str = opt("cpu", "torch device")
+    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores shared among the processes "
+                          "launched together)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1:
             raise UserError("n and max_new_tokens must be >= 1")
-        if self.target_layers < 0 or self.vision_layers < 0:
-            raise UserError("target_layers and vision_layers must be >= 0 (0 = all)")
+        if min(self.target_layers, self.vision_layers, self.threads) < 0:
+            raise UserError("target_layers, vision_layers and threads must be >= 0 (0 = all / automatic)")
 
 
 def main(cfg: AnswersConfig) -> None:

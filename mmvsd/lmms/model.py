@@ -2,13 +2,13 @@
 speculative decoding loop.
 
     python -m lmms_eval --model mmvsd --model_args target=toy-m,drafter=runs/toy_msd/drafter \\
-        --tasks mmvsd_vqav2,mmvsd_chartqa,mmvsd_pope --include_path eval/tasks --batch_size 1
+        --tasks mmvsd_vqav2,mmvsd_chartqa,mmvsd_pope --include_path "$(python -m mmvsd.zoo tasks)" --batch_size 1
 
 model_args: target (an id as everywhere in mmvsd), drafter (a folder or a kind; absent = target
 alone), depth / top_k / total_tokens (the draft tree), temperature and top_p (overridden by a
-task's generation_kwargs), seed, dtype, device. Each request's tau, acceptance by depth and
-timings go to lmms-eval's throughput metrics (`avg_tau`, `avg_acceptance_depth_1`, ... in the
-results JSON). A request that fails raises: lmms-eval would otherwise score a silent empty
+task's generation_kwargs), seed, dtype, device, threads (CPU threads; 0 = automatic), all checked
+before the target loads. Each request's tau, acceptance by depth and timings go to lmms-eval's
+throughput metrics (`avg_tau`, `avg_acceptance_depth_1`, ... in the results JSON). A request that fails raises: lmms-eval would otherwise score a silent empty
 answer as wrong.
 """
 
@@ -24,6 +24,7 @@ from lmms_eval.protocol import ChatMessages
 
 from mmvsd import metrics
 from mmvsd.checks import check_device
+from mmvsd.threads import configure_threads
 from mmvsd.config import DecodeConfig, TreeConfig
 from mmvsd.decoding.speculative import autoregressive_generate, speculative_generate
 from mmvsd.drafters import load_drafter
@@ -40,7 +41,8 @@ class Mmvsd(lmms):
 
     def __init__(self, target: str = "toy-m", drafter: str | None = None, depth: int = 10, top_k: int = 2,
                  total_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                 dtype: str = "float32", device: str = "cpu", batch_size: int | str = 1, **unused) -> None:
+                 dtype: str = "float32", device: str = "cpu", threads: int = 0, batch_size: int | str = 1,
+                 **unused) -> None:
         super().__init__()
         if int(batch_size) != 1:
             raise UserError(f"mmvsd decodes one request at a time: use --batch_size 1, not {batch_size}")
@@ -55,6 +57,7 @@ class Mmvsd(lmms):
         if dtype not in DTYPES:
             raise UserError(f"mmvsd model_args: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         check_device(device)
+        configure_threads(int(threads))
         self.target = load_target(target, dtype, device)
         self.drafter = load_drafter(drafter, self.target, seed) if drafter else None
 

@@ -2,7 +2,7 @@
 else would mix two runs, so it is refused, naming what differs.
 
 Settings that may change on resume are `MAY_CHANGE` (extending `steps`, evaluation, logging,
-checkpoint frequency, device). The number of processes may change too as long as the
+checkpoint frequency, device, threads). The number of processes may change too as long as the
 micro-batch across processes (`batch_size` x processes) stays: every slot of a micro-batch is
 drawn the same way whatever the split (`training_batch`), so the data and the averaged gradients
 are the same, to float rounding.
@@ -19,7 +19,7 @@ import torch
 from mmvsd.errors import UserError
 
 MAY_CHANGE = ("steps", "resume", "dry_run", "eval_n", "eval_max_new_tokens", "tree", "checkpoint_every", "log_with",
-              "device", "output_dir", "feature_cache")
+              "device", "output_dir", "feature_cache", "threads")
 
 
 def run_fingerprint(cfg, target, drafter, processes: int) -> dict:
