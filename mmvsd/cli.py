@@ -220,9 +220,8 @@ def run(cls: type[T], main: Callable[[T], None], prog: str, doc: str,
             return 0
         cfg = parse(cls, argv, RECIPES_DIR if recipes else None)
         if getattr(cfg, "dry_run", False):
-            print(to_yaml(cfg), end="")
-            if explain is not None:
-                print("".join(f"# {line}\n" for line in explain(cfg).splitlines()), end="")
+            comments = explain(cfg) if explain is not None else ""  # may refuse: before anything is printed
+            print(to_yaml(cfg) + "".join(f"# {line}\n" for line in comments.splitlines()), end="")
             return 0
         if hasattr(cfg, "threads"):
             from mmvsd.threads import configure_threads

@@ -186,6 +186,8 @@ class TrainConfig:
     tree: TreeConfig = opt(TreeConfig, "draft tree shape used by eval.json")
     dtype: Dtype = opt("float32", "target weights dtype")
     device: str = opt("cpu", "torch device for the target and drafter (accelerate picks it under launch)")
+    launch_config: str | None = opt(None, "dry_run: check this accelerate config (fsdp, deepspeed or a YAML path) and "
+                                          "estimate batch and memory for its processes")
     threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores shared among the processes "
                           "launched together)")
     dry_run: bool = opt(False, "print the resolved config and exit")

@@ -237,11 +237,14 @@ def train_once(args: list[str], out: Path) -> Path:
 
 
 def explain(cfg: TrainConfig) -> str:
-    """What dry_run=true adds to the config: the batch arithmetic of this launch and its memory."""
-    from mmvsd.training.memory import estimate
+    """What dry_run=true adds to the config: the batch arithmetic of this launch (or of the one
+    `launch_config` describes), its memory, and what this machine lacks to start that launch."""
+    from mmvsd.training.memory import estimate, read_launch_config
 
-    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
-    return batch_arithmetic(cfg, processes) + "\n" + estimate(cfg, processes)
+    launch, notes = read_launch_config(cfg.launch_config) if cfg.launch_config else (None, [])
+    processes = launch["num_processes"] if launch else int(os.environ.get("WORLD_SIZE", "1"))  # torchrun, accelerate
+    lines = [batch_arithmetic(cfg, processes), estimate(cfg, processes, launch)]
+    return "\n".join(lines + [f"launch_config {cfg.launch_config}: {note}" for note in notes])
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ def no_model(monkeypatch):
 @pytest.fixture
 def places(tmp_path, monkeypatch):
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_file.yaml").write_text("distributed_type: TPU\nnum_processes: 8\n")
     (tmp_path / "a_folder").mkdir()
     monkeypatch.setenv("MMVSD_HOME", str(tmp_path / "home"))
     return tmp_path
@@ -71,6 +72,9 @@ CASES = [
     (train.run, ["recipe=toy_msd", "data={tmp}/a_file", "image_folder={tmp}/a_file"],
      "image_folder {tmp}/a_file: is a file, not a folder"),
     (train.run, ["recipe=toy_msd", "output_dir={tmp}/a_folder", "resume=true"], "resume=true but"),
+    (train.run, ["recipe=llava7b_msd", "launch_config=nope", "dry_run=true"], "launch_config nope: no such file"),
+    (train.run, ["recipe=llava7b_msd", "launch_config={tmp}/a_file.yaml", "dry_run=true"],
+     "distributed_type must be one of NO, MULTI_GPU, MULTI_CPU, FSDP, DEEPSPEED, got 'TPU'"),
     (zoo.run, ["tasks", "home={tmp}/a_file"], "home={tmp}/a_file is an existing file"),
     (zoo.run, ["build", "toy-x"], "unknown toy target 'toy-x'"),
     (zoo.run, ["data"], "expected `build NAME`, `report NAME`, `list` or `tasks`, got data"),

@@ -28,6 +28,14 @@ def test_there_are_recipes():
         assert (cli.RECIPES_DIR / "accelerate" / f"{name}.yaml").is_file()
 
 
+@pytest.mark.parametrize("launch, mode", [("deepspeed", "DeepSpeed ZeRO-2, 8 processes"), ("fsdp", "FSDP, 8 processes")])
+def test_dry_run_checks_a_shipped_launch_config_and_estimates_for_it(launch, mode, capsys):
+    assert run(["recipe=llava7b_msd", "target=random:llava-1.5-7b", f"launch_config={launch}", "dry_run=true"]) == 0
+    out = capsys.readouterr().out
+    assert "# batch: 2 per process x 8 processes x 2 accumulated = 32 conversations per step" in out
+    assert f"memory per process (estimate, {mode}):" in out and "gradients and AdamW state (sharded)" in out
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_parses_and_dry_runs(recipe, capsys):
     cfg = cli.parse(TrainConfig, [f"recipe={recipe}"], cli.RECIPES_DIR)

@@ -19,7 +19,8 @@ import torch
 from mmvsd.errors import UserError
 
 MAY_CHANGE = ("steps", "resume", "dry_run", "eval_n", "eval_max_new_tokens", "tree", "checkpoint_every", "log_with",
-              "device", "output_dir", "feature_cache", "threads")
+              "device", "output_dir", "feature_cache", "threads",
+              "launch_config")
 
 
 def run_fingerprint(cfg, target, drafter, processes: int) -> dict:

@@ -45,8 +45,8 @@ def target_config(cfg):
         return None
 
 
-def estimate(cfg, processes: int) -> str:
-    """One line per item and a total, for `dry_run=true`."""
+def estimate(cfg, processes: int, launch: dict | None = None) -> str:
+    """One line per item and a total, for `dry_run=true`; `launch`: see `read_launch_config`."""
     from transformers import LlavaForConditionalGeneration
 
     from mmvsd.drafters import DEFAULT_EXTRA, DRAFTERS, DrafterSpec, drafter_kind
@@ -71,7 +71,7 @@ def estimate(cfg, processes: int) -> str:
     activations = tokens * (5 * vocab * 4 + (16 * hidden + 4 * text.intermediate_size) * size)
     if cfg.vsd.enabled:
         activations += cfg.batch_size * cfg.vsd.contexts * cfg.vsd.num_proposals * cfg.vsd.depth * vocab * 4 * 3
-    mode, shards = distributed_mode(processes)
+    mode, shards = distributed_mode(processes, launch)
     parts = {f"target weights ({cfg.dtype}, {_count(target_params)} parameters)": target_params * size,
              f"drafter weights ({kind}{note}, {_count(drafter_params)} parameters)": drafter_params * size,
              f"drafter gradients and AdamW state{' (sharded)' if shards > 1 else ''}": drafter_params * size * 3 / shards,
@@ -83,15 +83,61 @@ def estimate(cfg, processes: int) -> str:
     return "\n".join(lines)
 
 
-def distributed_mode(processes: int) -> tuple[str, int]:
-    """How `accelerate launch` set this launch up (from its environment), and over how many
-    processes the drafter's gradients and optimizer state are sharded."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return "FSDP", processes
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+def distributed_mode(processes: int, launch: dict | None = None) -> tuple[str, int]:
+    """How this launch shards the drafter's gradients and optimizer state: (mode, over how many
+    processes), from an accelerate config file read by `read_launch_config`, else from the
+    environment `accelerate launch` sets."""
+    if launch is not None:
+        kind, stage = launch["distributed_type"], str((launch.get("deepspeed_config") or {}).get("zero_stage", ""))
+    else:
+        kind = "FSDP" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" else \
+            "DEEPSPEED" if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" else "NO"
         stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "?")
+    if kind == "FSDP":
+        return "FSDP", processes
+    if kind == "DEEPSPEED":
         return f"DeepSpeed ZeRO-{stage}", processes if stage in ("1", "2", "3") else 1
     return ("DDP" if processes > 1 else "one process"), 1
+
+
+LAUNCH_TYPES = ("NO", "MULTI_GPU", "MULTI_CPU", "FSDP", "DEEPSPEED")
+
+
+def read_launch_config(name: str) -> tuple[dict, list[str]]:
+    """An accelerate config file (a path, or `fsdp` / `deepspeed` for the shipped ones), checked:
+    a broken file is refused in one line; what this machine lacks to launch it comes back as notes."""
+    import importlib.util
+
+    import yaml
+
+    from mmvsd.cli import RECIPES_DIR
+
+    path = Path(name).expanduser() if name.endswith((".yaml", ".yml")) else RECIPES_DIR / "accelerate" / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"launch_config {name}: no such file (shipped: fsdp, deepspeed; or a path to an accelerate "
+                        "config YAML)")
+    try:
+        launch = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"launch_config {path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(launch, dict) or launch.get("distributed_type", "NO") not in LAUNCH_TYPES:
+        got = launch.get("distributed_type") if isinstance(launch, dict) else launch
+        raise UserError(f"launch_config {path}: distributed_type must be one of {', '.join(LAUNCH_TYPES)}, got {got!r}")
+    launch.setdefault("distributed_type", "NO")
+    processes = launch.get("num_processes", 1)
+    if not isinstance(processes, int) or processes < 1:
+        raise UserError(f"launch_config {path}: num_processes must be an integer >= 1, got {processes!r}")
+    notes = []
+    if launch["distributed_type"] == "DEEPSPEED":
+        deepspeed = launch.get("deepspeed_config") or {}
+        if deepspeed.get("zero_stage") not in (0, 1, 2, 3):
+            raise UserError(f"launch_config {path}: deepspeed_config.zero_stage must be 0, 1, 2 or 3, "
+                            f"got {deepspeed.get('zero_stage')!r}")
+        if importlib.util.find_spec("deepspeed") is None:
+            notes.append("deepspeed is not installed here: `pip install deepspeed` before `accelerate launch`")
+    if launch["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED") and not torch.cuda.is_available():
+        notes.append(f"{launch['distributed_type']} needs GPUs and this machine has none (on CPUs: torchrun, gloo)")
+    return launch, notes
 
 
 def _count(n: int) -> str:
