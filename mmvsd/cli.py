@@ -183,7 +183,8 @@ def _describe(cls: type, prefix: str) -> list[tuple[str, str, Any, str]]:
             continue
         default = getattr(instance, f.name)
         shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
-        rows.append((prefix + f.name, _type_name(tp), shown, f.metadata.get("help", "")))
+        text = f.metadata.get("help", "")
+        rows.append((prefix + f.name, _type_name(tp), shown, text() if callable(text) else text))
     return rows
 
 

@@ -11,18 +11,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal
 
 from mmvsd.errors import UserError
 
 
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with a help text shown by `--help`."""
+def opt(default: Any, help: str | Callable[[], str]) -> Any:
+    """A dataclass field with a help text shown by `--help` (a callable is asked at that time)."""
     if dataclasses.is_dataclass(default) and isinstance(default, type):
         return field(default_factory=default, metadata={"help": help})
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+def _drafter_kinds() -> list[str]:
+    from mmvsd.drafters import DRAFTERS  # torch: imported only when --help is shown
+
+    return list(DRAFTERS)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -88,7 +95,8 @@ class BenchConfig:
     target: str = opt("tiny-random", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
     target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
     vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
-    drafter: str = opt("eagle", "a drafter folder, or a kind (eagle) for an untrained drafter")
+    drafter: str = opt("eagle", lambda: f"a drafter folder or shipped drafter, or a kind ({', '.join(_drafter_kinds())}) "
+                                        "for an untrained one")
     data: str | None = opt(None, 'JSONL of {"image": path, "prompt": text}; default: built-in examples')
     n: int = opt(8, "use at most this many inputs")
     max_new_tokens: int = opt(64, "tokens to generate at most per answer")
@@ -151,7 +159,8 @@ class TrainConfig:
     target: str = opt("toy-m", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
     target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
     vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
-    drafter: str = opt("msd", "a drafter kind (eagle, msd, vispec) to start untrained, or a drafter folder")
+    drafter: str = opt("msd", lambda: f"a drafter kind ({', '.join(_drafter_kinds())}) to start untrained, or a "
+                                      "drafter folder")
     output_dir: str | None = opt(None, "where the run is written (default runs/train)")
     data: str | None = opt(None, "LLaVA/ShareGPT .json or target-answers .jsonl; default: fresh toy-world conversations")
     image_folder: str | None = opt(None, "folder the data file's image paths are relative to (default: its folder)")

@@ -9,7 +9,7 @@ from conftest import random_image, random_prompt
 
 from mmvsd.config import DecodeConfig, TreeConfig
 from mmvsd.decoding import DraftTree, autoregressive_generate, speculative_generate
-from mmvsd.drafters import build_drafter
+from mmvsd.drafters import DRAFTERS, build_drafter
 from mmvsd.metrics import tau
 
 MAX_NEW = 24
@@ -34,11 +34,11 @@ class ScriptedDrafter:
         self.continuation, self.vocab, self.right, self.depth = continuation, vocab, right, depth
 
     def begin(self, input_ids, prefill):
-        self.emitted = -len(input_ids) + 1  # the first propose() receives the prompt (minus BOS) + root
+        return {"emitted": -len(input_ids) + 1}  # the first propose() receives the prompt (minus BOS) + root
 
-    def propose(self, features, tokens, tree_cfg):
-        self.emitted += len(tokens)
-        future = self.continuation[self.emitted: self.emitted + self.depth]
+    def propose(self, state, features, tokens, tree_cfg):
+        state["emitted"] += len(tokens)
+        future = self.continuation[state["emitted"]: state["emitted"] + self.depth]
         tokens, parents = [int(tokens[-1])], [-1]
         parent = 0
         for correct in future:
@@ -61,7 +61,7 @@ def cases(n: int, seed: int):
     return [(random_image(rng), random_prompt(rng)) for _ in range(n)]
 
 
-@pytest.mark.parametrize("kind", ["eagle", "msd", "vispec"])
+@pytest.mark.parametrize("kind", list(DRAFTERS))
 @pytest.mark.parametrize("tree", [TreeConfig(), TreeConfig(depth=3, top_k=2, total_tokens=6),
                                   TreeConfig(depth=7, top_k=10, total_tokens=60), TreeConfig(1, 1, 1)])
 def test_untrained_drafter_is_lossless(tiny_target, tree, kind):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from mmvsd import cli
 from mmvsd.config import TrainConfig
+from mmvsd.drafters import DRAFTERS
 from mmvsd.train import run
 
 RECIPES = sorted(p.stem for p in cli.RECIPES_DIR.glob("*.yaml"))
@@ -46,7 +47,7 @@ def test_every_recipe_parses_and_dry_runs(recipe, capsys):
     assert f"output_dir: {cfg.output_dir}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("kind", ["eagle", "msd", "vispec"])
+@pytest.mark.parametrize("kind", list(DRAFTERS))
 def test_a_tiny_run_writes_drafter_metrics_and_eval(tmp_path, kind):
     out = tmp_path / "run"
     assert run([*TINY, f"drafter={kind}", "steps=3", f"output_dir={out}"]) == 0

@@ -10,31 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
-from mmvsd.config import DecodeConfig, TreeConfig
+from mmvsd.config import DecodeConfig
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, sample, verify_greedy, verify_stochastic
-from mmvsd.models.llava import LlavaTarget, PrefillOutput, Prompt
-
-
-class Drafter(Protocol):
-    """Proposes a draft tree after each verification.
-
-    Features pair up with the next token as in EAGLE: `features[i]` is the target's hidden state
-    at the position *before* `tokens[i]`, so a call with the pairs (f_{t-1}, x_t) ... ends on the
-    newest emitted token, which becomes the tree's root.
-    """
-
-    kind: str
-
-    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> None:
-        """Start a new sequence (drop any state of the previous one)."""
-
-    def propose(self, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
-        """Take in the new (feature, token) pairs [n, H], [n]; return a tree rooted at tokens[-1]."""
+from mmvsd.drafters.base import Drafter, make_pairs
+from mmvsd.models.llava import LlavaTarget, Prompt
 
 
 @dataclass
@@ -80,12 +63,11 @@ def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt,
     prefill = target.prefill(prompt)  # logits [V], hidden [T, H]
     root = sample(prefill.logits, cfg.temperature, cfg.top_p, generator)
     yield Step(output.take([root]), time.perf_counter() - start)
-    drafter.begin(prompt.input_ids, prefill)
-    features = prefill.hidden  # pairs (f_{t-1}, x_t) for t = 1 .. T, ending on the root
-    tokens = torch.cat([prompt.input_ids[1:], torch.tensor([root], device=prompt.input_ids.device)])
-    while not output.done:
+    state = drafter.begin(prompt.input_ids, prefill)
+    features, tokens = make_pairs(prefill.hidden, torch.cat([prompt.input_ids, prompt.input_ids.new_tensor([root])]))
+    while not output.done:  # the newest pair always ends on the newest token: the next tree's root
         start = time.perf_counter()
-        tree = drafter.propose(features, tokens, cfg.tree)  # tree.tokens[0] == root
+        tree = drafter.propose(state, features, tokens, cfg.tree)  # tree.tokens[0] == root
         drafted = time.perf_counter()
         logits, hidden = target.forward(tree.tokens.to(target.device), tree.depths.to(target.device),
                                         tree.ancestors)  # [N, V], [N, H]
@@ -95,11 +77,10 @@ def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt,
             probs = logits_to_probs(logits.cpu(), cfg.temperature, cfg.top_p)  # the sampler's generator lives on the CPU
             path, bonus = verify_stochastic(tree, probs, generator)
         target.commit(len(tree), torch.tensor(path))
-        new = tree.tokens[path[1:]].tolist() + [bonus]
+        kept = tree.tokens[path].tolist() + [bonus]  # the root, the accepted nodes, the bonus token
         now = time.perf_counter()
-        yield Step(output.take(new), now - start, tree, path, drafted - start, now - drafted)
-        features = hidden[path]  # features of root .. last accepted node, each paired with the next token
-        tokens = torch.tensor(new, device=features.device)
+        yield Step(output.take(kept[1:]), now - start, tree, path, drafted - start, now - drafted)
+        features, tokens = make_pairs(hidden[path], torch.tensor(kept, device=hidden.device))
 
 
 def autoregressive_generate(target: LlavaTarget, prompt: Prompt, cfg: DecodeConfig) -> Iterator[Step]:

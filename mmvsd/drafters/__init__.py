@@ -16,27 +16,24 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mmvsd.drafters.base import DrafterSpec
-from mmvsd.drafters.eagle import EagleDrafter
-from mmvsd.drafters.msd import MsdDrafter
-from mmvsd.drafters.vispec import VispecDrafter
+from mmvsd.drafters import eagle, msd, vispec  # noqa: F401  (each registers its kind)
+from mmvsd.drafters.base import DRAFTERS, DrafterSpec, TrainableDrafter
 from mmvsd.errors import UserError
 from mmvsd.files import ordinary_modes
 
 __all__ = ["DRAFTERS", "DrafterSpec", "build_drafter", "load_drafter", "save_drafter"]
 
-DRAFTERS: dict[str, type] = {"eagle": EagleDrafter, "msd": MsdDrafter, "vispec": VispecDrafter}
 DEFAULT_EXTRA = {"vispec": {"num_queries": 2}}  # ViSpec's default: one compressed token + g per image
 
 
-def build_drafter(kind: str, target, seed: int = 0) -> EagleDrafter:
+def build_drafter(kind: str, target, seed: int = 0) -> TrainableDrafter:
     """An untrained drafter of `kind`, sized for `target`, seeded."""
     if kind not in DRAFTERS:
         raise UserError(f"unknown drafter kind {kind!r}; known kinds: {', '.join(DRAFTERS)}")
     return _instantiate(DrafterSpec.for_target(kind, target, **DEFAULT_EXTRA.get(kind, {})), target, seed)
 
 
-def _instantiate(spec: DrafterSpec, target, seed: int = 0) -> EagleDrafter:
+def _instantiate(spec: DrafterSpec, target, seed: int = 0) -> TrainableDrafter:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         drafter = DRAFTERS[spec.kind](spec, target.embed_tokens, target.lm_head)
@@ -76,7 +73,7 @@ def drafter_kind(name: str) -> str:
         raise UserError(f"drafter {name}: cannot read its kind from config.json ({e})") from None
 
 
-def load_drafter(name: str, target, seed: int = 0) -> EagleDrafter:
+def load_drafter(name: str, target, seed: int = 0) -> TrainableDrafter:
     """`name` is a drafter folder, a shipped drafter's name, or a kind for an untrained drafter."""
     check_drafter_name(name)
     if name in DRAFTERS:
@@ -105,7 +102,7 @@ def load_drafter(name: str, target, seed: int = 0) -> EagleDrafter:
     return drafter
 
 
-def save_drafter(drafter: EagleDrafter, folder: str | Path) -> Path:
+def save_drafter(drafter: TrainableDrafter, folder: str | Path) -> Path:
     """Write config.json + model.safetensors atomically: readers see the old folder or the new one."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,104 @@
-"""The spec saved with every drafter checkpoint: sizes, kind and the target's fingerprint."""
+"""What every drafter is: its two protocols, its per-sequence state, its registry, its saved spec,
+and the one convention all drafter inputs follow.
+
+**Pairs.** A drafter reads (feature, token) pairs as in EAGLE (Li et al. 2024, arXiv 2401.15077):
+pair t = (f_{t-1}, x_t), the target's hidden state at position t-1 with the token at position t,
+and it predicts f_t. Pair t sits at position t, the position of its token. `make_pairs` is the
+only place that shifts hidden states against tokens; everything else counts in pairs.
+
+**Adding a drafter kind**: a new file in this folder with a class decorated `@register_drafter("name")`
+(usually an `EagleDrafter` subclass overriding `embed_pairs`, as `msd.py` does), imported in
+`drafters/__init__.py`; the command line, `--help` and the tests' parametrisations take it from
+`DRAFTERS`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from mmvsd.config import TreeConfig
+    from mmvsd.decoding.tree import DraftTree
+    from mmvsd.drafters.layers import KVCache
+    from mmvsd.models.llava import PrefillOutput
+
+DRAFTERS: dict[str, type] = {}  # kind -> class, filled by @register_drafter
+
+
+def register_drafter(kind: str):
+    """Class decorator: make `kind` a drafter kind (`drafter=kind` builds an untrained one)."""
+    def add(cls: type) -> type:
+        cls.kind = kind
+        DRAFTERS[kind] = cls
+        return cls
+    return add
+
+
+def make_pairs(hidden: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [..., T, H] (features at positions 0..T-1), ids [..., T'] (tokens at 0..T'-1) ->
+    features [..., n, H] and tokens [..., n] of pairs 1..n, n = min(T, T' - 1): every pair whose
+    feature and token both exist. Also shifts per-token marks: `make_pairs(hidden, mask)[1]`."""
+    n = min(hidden.shape[-2], ids.shape[-1] - 1)
+    return hidden[..., :n, :], ids[..., 1:n + 1]
+
+
+def pair_position(pair_index: torch.Tensor | int) -> torch.Tensor | int:
+    """Pair i of a sequence (0-based, as `make_pairs` returns them) is pair i + 1: it sits at
+    position i + 1, the position of its token."""
+    return pair_index + 1
+
+
+@dataclass
+class DraftState:
+    """Where drafting one sequence stands: made by `Drafter.begin`, advanced by `propose` (the
+    module itself holds only weights, so one drafter can serve many sequences and training)."""
+
+    cache: KVCache
+    stable: int = 0  # rows of the cache that hold accepted context (the rest is draft scratch)
+    position: int = 0  # position of the newest accepted pair (cache rows and positions differ for ViSpec)
+    image: tuple[torch.Tensor, torch.Tensor] | None = None  # the prompt's image marks [n] and embeddings [n_img, H],
+    #                                                         read once by the first `embed_pairs`
+    image_feature: torch.Tensor | None = None  # ViSpec's global image feature g, once an image was read
+
+
+class Drafter(Protocol):
+    """Decoding: proposes a draft tree after each verification."""
+
+    kind: str
+
+    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> DraftState:
+        """A new sequence: prompt ids [T] and the target's prefill (hidden [T, H], image marks and embeddings)."""
+
+    def propose(self, state: DraftState, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
+        """Take in the new pairs, features [n, H] and tokens [n]; return a tree rooted at tokens[-1]."""
+
+
+@dataclass
+class Rollout:
+    """Draft paths to roll out in a training pass (VSD's E-step): from pair indices `contexts`
+    [B, M] of each sequence, `depth` tokens each, chosen by `pick(b, logits [M, V], level)`."""
+
+    contexts: torch.Tensor
+    depth: int
+    pick: Callable[[int, torch.Tensor, int], torch.Tensor]
+
+
+class TrainableDrafter(Drafter, Protocol):
+    """Training: a teacher-forced pass over whole sequences (and VSD's rollouts)."""
+
+    spec: DrafterSpec
+    lm_head: nn.Linear  # the target's, frozen: turns predicted features into logits
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, image_pairs: torch.Tensor,
+                image_embeds: torch.Tensor, rollout: Rollout | None = None):
+        """Pairs [B, n, H], [B, n], image marks [B, n], image embeddings [B, n_img, H] -> predicted
+        next features [B, n, H], one per pair (padding last: attention is causal); with a rollout
+        also (draft logits [B, M, L, V], paths [B, M, L]) drafted as decoding drafts them."""
 
 
 @dataclass

@@ -8,32 +8,18 @@ the drafter feeds on its own predicted features.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from mmvsd.config import TreeConfig
 from mmvsd.decoding.tree import DraftTree, TreeGrower
-from mmvsd.drafters.base import DrafterSpec
+from mmvsd.drafters.base import DrafterSpec, DraftState, Rollout, make_pairs, pair_position, register_drafter
 from mmvsd.drafters.layers import DecoderLayer, KVCache
 from mmvsd.models.llava import PrefillOutput
 
 
-@dataclass
-class Rollout:
-    """Draft paths to roll out in a training pass (VSD's E-step): from pair indices `contexts`
-    [B, M] of each sequence, `depth` tokens each, chosen by `pick(b, logits [M, V], level)`."""
-
-    contexts: torch.Tensor
-    depth: int
-    pick: Callable[[int, torch.Tensor, int], torch.Tensor]
-
-
+@register_drafter("eagle")
 class EagleDrafter(nn.Module):
-    kind = "eagle"
-
     def __init__(self, spec: DrafterSpec, embed_tokens: nn.Embedding, lm_head: nn.Linear):
         super().__init__()
         self.spec = spec
@@ -43,10 +29,6 @@ class EagleDrafter(nn.Module):
         # The target's embedding and head, shared and frozen: kept out of the module tree so they
         # are neither trained nor saved with the drafter.
         self.frozen = (embed_tokens, lm_head)
-        self.cache = KVCache()
-        self.stable = 0  # rows of the cache that hold accepted context (the rest is draft scratch)
-        self.position = 0  # position of the newest accepted pair (rows and positions differ for ViSpec)
-        self.pending_image = None  # (image_pairs, image_embeds) of a new sequence, see reset
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -56,116 +38,113 @@ class EagleDrafter(nn.Module):
     def lm_head(self) -> nn.Linear:
         return self.frozen[1]
 
-    def fuse(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def start(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> DraftState:
+        """A sequence whose first pairs are marked `image_pairs` [n] (True where the pair's token is
+        an image token), with the image's embeddings [n_img, H]: kept for the first `embed_pairs`,
+        where vision-aware drafters read them (EAGLE does not)."""
+        return DraftState(KVCache(), image=(image_pairs, image_embeds))
+
+    def fuse(self, state: DraftState, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Drafter input for (feature, next token) pairs: [..., H], [...] -> [..., H]."""
         return self.fc(torch.cat([features, self.embed_tokens(tokens).to(features.dtype)], dim=-1))
 
-    # ---------------------------------------------------------------- decoding
+    def embed_pairs(self, state: DraftState, features: torch.Tensor,
+                    tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drafter inputs [m, H] for new pairs [n, H], [n], and their positions [m], continuing from
+        the newest accepted pair at `state.position`."""
+        positions = pair_position(torch.arange(len(tokens), device=tokens.device)) + state.position
+        state.image = None  # the prompt's image is read once, with the prompt's pairs
+        return self.fuse(state, features, tokens), positions
 
-    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> None:
-        self.reset(prefill.image_mask[1:], prefill.image_embeds)  # pair t is (f_{t-1}, x_t)
-
-    def reset(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> None:
-        """Start a sequence whose first pairs are marked `image_pairs` [n] (True where the pair's
-        token is an image token), with the image's embeddings [n_img, H]: kept for the next
-        `embed_pairs`, where vision-aware drafters read them (EAGLE does not)."""
-        self.cache = KVCache()
-        self.stable = self.position = 0
-        self.pending_image = (image_pairs, image_embeds)
+    # ---------------------------------------------------------------- training
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, image_pairs: torch.Tensor,
                 image_embeds: torch.Tensor, rollout: Rollout | None = None):
-        """Teacher-forced training pass: pairs [B, n, H], [B, n], image marks [B, n] and image
-        embeddings [B, n_img, H] -> predicted next target features [B, n, H], one per pair (at
-        pairs a drafter drops, e.g. ViSpec's image tokens, whatever lands there: no loss goes
-        there). Padding must come last: attention is causal.
-
-        With a `rollout`, also draft paths from its contexts the way decoding drafts them (see
-        `Rollout`) and return (predicted, draft logits [B, M, depth, V], paths [B, M, depth])."""
+        """The training pass of `TrainableDrafter` (at pairs a drafter drops, e.g. ViSpec's image
+        tokens, whatever lands there: no loss goes there)."""
         out = torch.zeros_like(features)
         drafts = []
         for b in range(features.shape[0]):
-            self.reset(image_pairs[b], image_embeds[b, : int(image_pairs[b].sum())])  # none for text-only
-            x, positions = self.embed_pairs(features[b], tokens[b])
-            cache = KVCache()
-            y = self.layer(x[None], positions[None], None, cache)[0]  # causal over the sequence
-            out[b, positions - 1] = y
+            state = self.start(image_pairs[b], image_embeds[b, : int(image_pairs[b].sum())])  # none for text-only
+            x, positions = self.embed_pairs(state, features[b], tokens[b])
+            y = self.layer(x[None], positions[None], None, state.cache)[0]  # causal over the sequence
+            out[b, positions - pair_position(0)] = y
             if rollout is not None:
-                drafts.append(self._rollout(out[b], positions, cache, rollout.contexts[b], rollout.depth,
+                drafts.append(self._rollout(state, out[b], positions, rollout.contexts[b], rollout.depth,
                                             lambda logits, level, b=b: rollout.pick(b, logits, level)))
-        self.reset(image_pairs[0, :0], image_embeds[0, :0])
         if rollout is None:
             return out
         logits, paths = zip(*drafts)
         return out, torch.stack(logits), torch.stack(paths)
 
-    def _rollout(self, predicted: torch.Tensor, positions: torch.Tensor, cache: KVCache, contexts: torch.Tensor,
+    def _rollout(self, state: DraftState, predicted: torch.Tensor, positions: torch.Tensor, contexts: torch.Tensor,
                  depth: int, pick) -> tuple[torch.Tensor, torch.Tensor]:
         """Paths of `depth` tokens from pair indices `contexts` [M] of one teacher-forced sequence
-        (its predictions [n, H], row positions [R], and cache): each path starts from the
-        prediction at its context, then feeds on its own predicted features, seeing the sequence
-        up to its context and its own earlier nodes, exactly as in `propose`."""
+        (its predictions [n, H], row positions [R], and its state's cache): each path starts from
+        the prediction at its context, then feeds on its own predicted features, seeing the
+        sequence up to its context and its own earlier nodes, exactly as in `propose`."""
         hidden = predicted[contexts]  # [M, H]
         own = torch.eye(len(contexts), dtype=torch.bool, device=positions.device)
-        sees_context = positions[None] <= contexts[:, None] + 1  # [M, R]
+        sees_context = positions[None] <= pair_position(contexts)[:, None]  # [M, R]
         logits, picked = [], []
         for level in range(depth):
             logits.append(self.lm_head(hidden).float())
             picked.append(pick(logits[-1], level))
-            if level + 1 < depth:  # the next node sits at the position of the token it reads
+            if level + 1 < depth:  # node `level` reads the token after its parent's: one position on
                 allowed = torch.cat([sees_context] + [own] * (level + 1), dim=1)
-                hidden = self.layer(self.fuse(hidden, picked[-1])[None], (contexts + 2 + level)[None],
-                                    allowed[None, None], cache)[0]
+                hidden = self.layer(self.fuse(state, hidden, picked[-1])[None],
+                                    (pair_position(contexts) + 1 + level)[None], allowed[None, None], state.cache)[0]
         return torch.stack(logits, dim=1), torch.stack(picked, dim=1)
 
-    def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Drafter inputs [m, H] for new (feature, token) pairs [n, H], [n], and their positions [m].
-        Pair i sits at position `self.position + 1 + i`, the position of its token."""
-        positions = torch.arange(1, len(tokens) + 1, device=tokens.device) + self.position
-        return self.fuse(features, tokens), positions
+    # ---------------------------------------------------------------- decoding
+
+    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> DraftState:
+        return self.start(make_pairs(prefill.hidden, prefill.image_mask)[1], prefill.image_embeds)
 
     @torch.inference_mode()
-    def propose(self, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
-        root_hidden = self._catch_up(*self.embed_pairs(features, tokens))  # [H]
+    def propose(self, state: DraftState, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
+        root_hidden = self._catch_up(state, *self.embed_pairs(state, features, tokens))  # [H]
         grower = TreeGrower(int(tokens[-1]), tree.top_k)
         frontier = grower.expand([0], self._logp(root_hidden[None]))
         hidden = {0: root_hidden}  # drafter output of every processed node, read by its children
         rows: dict[int, int] = {}  # processed node -> its row in the scratch part of the cache
         for _ in range(tree.depth - 1):
-            out = self._forward_nodes(grower, frontier, hidden, rows)  # [k, H]
+            out = self._forward_nodes(state, grower, frontier, hidden, rows)  # [k, H]
             hidden.update(zip(frontier, out))
             frontier = grower.expand(frontier, self._logp(out))
-        self.cache.truncate(self.stable)
+        state.cache.truncate(state.stable)
         return grower.tree(tree.total_tokens)
 
-    def _catch_up(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _catch_up(self, state: DraftState, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run the accepted inputs [n, H] at `positions` [n] into the cache; return the last output."""
         n, device = x.shape[0], x.device
-        allowed = torch.ones(n, self.stable + n, dtype=torch.bool, device=device)
-        allowed[:, self.stable:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-        out = self.layer(x[None], positions[None], allowed[None, None], self.cache)
-        self.stable += n
-        self.position = int(positions[-1])
+        allowed = torch.ones(n, state.stable + n, dtype=torch.bool, device=device)
+        allowed[:, state.stable:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        out = self.layer(x[None], positions[None], allowed[None, None], state.cache)
+        state.stable += n
+        state.position = int(positions[-1])
         return out[0, -1]
 
-    def _forward_nodes(self, grower: TreeGrower, nodes: list[int], hidden: dict, rows: dict) -> torch.Tensor:
+    def _forward_nodes(self, state: DraftState, grower: TreeGrower, nodes: list[int], hidden: dict,
+                       rows: dict) -> torch.Tensor:
         """One drafter pass over a tree level: each node sees the context and its own ancestors."""
         device = self.fc.weight.device
         parent_hidden = torch.stack([hidden[grower.parents[i]] for i in nodes])
         tokens = torch.tensor([grower.tokens[i] for i in nodes], device=device)
         depths = [_depth(grower, i) for i in nodes]
-        positions = torch.tensor(depths, device=device) + self.position
-        scratch = len(rows)
-        allowed = torch.zeros(len(nodes), self.stable + scratch + len(nodes), dtype=torch.bool, device=device)
-        allowed[:, : self.stable] = True
+        positions = torch.tensor(depths, device=device) + state.position
+        stable, scratch = state.stable, len(rows)
+        allowed = torch.zeros(len(nodes), stable + scratch + len(nodes), dtype=torch.bool, device=device)
+        allowed[:, :stable] = True
         for r, node in enumerate(nodes):
-            allowed[r, self.stable + scratch + r] = True
+            allowed[r, stable + scratch + r] = True
             parent = grower.parents[node]
             while parent > 0:
-                allowed[r, self.stable + rows[parent]] = True
+                allowed[r, stable + rows[parent]] = True
                 parent = grower.parents[parent]
             rows[node] = scratch + r
-        out = self.layer(self.fuse(parent_hidden, tokens)[None], positions[None], allowed[None, None], self.cache)
+        out = self.layer(self.fuse(state, parent_hidden, tokens)[None], positions[None], allowed[None, None],
+                         state.cache)
         return out[0]
 
     def _logp(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import torch
 
+from mmvsd.drafters.base import DraftState, register_drafter
 from mmvsd.drafters.eagle import EagleDrafter
 
 
+@register_drafter("msd")
 class MsdDrafter(EagleDrafter):
-    kind = "msd"
-
-    def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, positions = super().embed_pairs(features, tokens)
-        if self.pending_image is not None:  # the prompt's pairs: put the image embeddings in
-            mask, embeds = self.pending_image
-            self.pending_image = None
+    def embed_pairs(self, state: DraftState, features: torch.Tensor,
+                    tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image = state.image  # read before the EAGLE part marks it read
+        x, positions = super().embed_pairs(state, features, tokens)
+        if image is not None:  # the prompt's pairs: put the image embeddings in
+            mask, embeds = image
             x = x.clone()
             x[: len(mask)][mask] = embeds.to(x.dtype)
         return x, positions

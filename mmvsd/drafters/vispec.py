@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmvsd.drafters.base import DrafterSpec
+from mmvsd.drafters.base import DrafterSpec, DraftState, pair_position, register_drafter
 from mmvsd.drafters.eagle import EagleDrafter
 
 
@@ -41,9 +41,8 @@ class ImageAdaptor(nn.Module):
         return self.o(out.transpose(0, 1).reshape(-1, self.heads * self.head_dim))
 
 
+@register_drafter("vispec")
 class VispecDrafter(EagleDrafter):
-    kind = "vispec"
-
     def __init__(self, spec: DrafterSpec, embed_tokens: nn.Embedding, lm_head: nn.Linear):
         super().__init__(spec, embed_tokens, lm_head)
         h = spec.hidden_size
@@ -53,34 +52,35 @@ class VispecDrafter(EagleDrafter):
             self.img_fc.weight.zero_()
             self.img_fc.weight[:, :h].copy_(torch.eye(h))
             self.img_fc.bias.zero_()
-        self.image_feature = torch.zeros(h)  # g: zero until an image has been read
 
-    def fuse(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        g = self.image_feature.to(features.dtype).expand_as(features)
-        return super().fuse(self.img_fc(torch.cat([features, g], dim=-1)), tokens)
+    def start(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> DraftState:
+        state = super().start(image_pairs, image_embeds)
+        state.image_feature = torch.zeros(self.spec.hidden_size, device=image_embeds.device)  # g, until an image is read
+        return state
 
-    def reset(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> None:
-        super().reset(image_pairs, image_embeds)
-        self.image_feature = torch.zeros(self.spec.hidden_size, device=image_embeds.device)
+    def fuse(self, state: DraftState, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        g = state.image_feature.to(features.dtype).expand_as(features)
+        return super().fuse(state, self.img_fc(torch.cat([features, g], dim=-1)), tokens)
 
-    def embed_pairs(self, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pending_image is None:
-            return super().embed_pairs(features, tokens)
-        mask, embeds = self.pending_image
-        self.pending_image = None
-        positions = torch.arange(1, len(tokens) + 1, device=tokens.device) + self.position
+    def embed_pairs(self, state: DraftState, features: torch.Tensor,
+                    tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if state.image is None:
+            return super().embed_pairs(state, features, tokens)
+        mask, embeds = state.image
+        state.image = None
+        positions = pair_position(torch.arange(len(tokens), device=tokens.device)) + state.position
         inputs, kept = [], []
         start, used = 0, 0
         for a, b in _runs(mask.tolist()) + [(len(tokens), len(tokens))]:
             if a > start:  # text pairs before this image, reading the latest g
-                inputs.append(self.fuse(features[start:a], tokens[start:a]))
+                inputs.append(self.fuse(state, features[start:a], tokens[start:a]))
                 kept.append(positions[start:a])
             if b > a:
                 summary = self.adaptor(embeds[used:used + b - a].to(features.dtype))  # [Q, H]
                 used += b - a
                 inputs.append(summary[:-1])
                 kept.append(positions[b - len(summary) + 1:b])
-                self.image_feature = summary[-1]
+                state.image_feature = summary[-1]
             start = b
         return torch.cat(inputs), torch.cat(kept)
 

@@ -55,7 +55,7 @@ class FeatureCache:
             return draft_batch(self.target, t["hidden"], t["input_ids"], t["attention_mask"], t["image_embeds"],
                                t["loss_mask"])
         batch = make_batch()
-        hidden = torch.cat([batch.features, batch.next_features[:, -1:]], dim=1)
+        hidden = torch.cat([batch.features, batch.next_features[:, -1:]], dim=1)  # undoes make_pairs: [B, T, H]
         tensors = {"hidden": hidden, "input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                    "image_embeds": batch.image_embeds, "loss_mask": batch.loss_mask}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mmvsd.data.conversations import IGNORE, Encoded, encode_conversation, pad_batch
+from mmvsd.drafters.base import make_pairs, pair_position
 
 
 @dataclass
@@ -122,10 +123,11 @@ def target_features(target, batch: dict[str, torch.Tensor]) -> DraftBatch:
     image_embeds = hidden.new_zeros(b, target.num_image_tokens, h)  # zeros for text-only conversations
     if pixels is not None:
         image_embeds[batch["has_image"].to(device)] = out.image_hidden_states.reshape(-1, target.num_image_tokens, h)
-    labels = batch["labels"].to(device)
-    # h_t predicts token t+1: pair j (predicting h_{j+1}) counts when token j+2 is an answer token.
-    predicts_answer = torch.zeros_like(labels[:, 1:], dtype=torch.bool)
-    predicts_answer[:, :-1] = labels[:, 2:] != IGNORE
+    # A pair predicts the feature at its token, which predicts the token after it: the pair counts
+    # when that next token is an answer token (the last pair's next token is not in the batch).
+    _, answer_tokens = make_pairs(hidden, batch["labels"].to(device) != IGNORE)
+    predicts_answer = torch.zeros_like(answer_tokens)
+    predicts_answer[:, :-1] = answer_tokens[:, 1:]
     return draft_batch(target, hidden, ids, batch["attention_mask"].to(device), image_embeds, predicts_answer)
 
 
@@ -133,7 +135,9 @@ def draft_batch(target, hidden: torch.Tensor, ids: torch.Tensor, attention_mask:
                 image_embeds: torch.Tensor, loss_mask: torch.Tensor) -> DraftBatch:
     """The pairs of a sequence's hidden states [B, T, H] and ids [B, T]; the target's logits come
     from its LM head here (cheap next to the target pass, and too big to cache)."""
-    return DraftBatch(features=hidden[:, :-1], tokens=ids[:, 1:], image_pairs=ids[:, 1:] == target.image_token_id,
-                      image_embeds=image_embeds, next_features=hidden[:, 1:],
-                      next_logits=target.lm_head(hidden[:, 1:]).float(), loss_mask=loss_mask,
+    features, tokens = make_pairs(hidden, ids)
+    next_features = hidden[:, pair_position(0):]  # what each pair predicts: the feature at its token
+    return DraftBatch(features=features, tokens=tokens, image_pairs=tokens == target.image_token_id,
+                      image_embeds=image_embeds, next_features=next_features,
+                      next_logits=target.lm_head(next_features).float(), loss_mask=loss_mask,
                       input_ids=ids, attention_mask=attention_mask)

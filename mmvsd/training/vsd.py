@@ -55,7 +55,7 @@ from __future__ import annotations
 import torch
 
 from mmvsd.config import VsdConfig
-from mmvsd.drafters.eagle import Rollout
+from mmvsd.drafters.base import Rollout, pair_position
 from mmvsd.training.features import DraftBatch
 
 
@@ -151,7 +151,7 @@ def vsd_step(model, target, batch: DraftBatch, cfg: VsdConfig, generator: torch.
     paths = paths.view(b * c, s + 1, length)
     greedy, paths, draft_logits = paths[:, s], paths[:, :s], draft_logits[:, :s]
 
-    prefix_ends = (contexts + 1).repeat_interleave(s, dim=1)  # a context's pair ends on token context + 1
+    prefix_ends = pair_position(contexts).repeat_interleave(s, dim=1)  # a context pair ends on its token
     after_nodes = target.path_logits(batch.input_ids, batch.attention_mask, batch.image_embeds, prefix_ends,
                                      paths.reshape(b, c * s, length))  # [B, C S, L, V]
     first = batch.next_logits[torch.arange(b, device=device)[:, None], contexts]  # [B, C, V]
