@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 # The main job, on the toy world: benchmark the shipped toy-s target with its shipped MSD drafter
 # against toy-s alone, on fresh toy images. Nothing is built or trained on this path.
 run: venv
-	$(PY) -m mmvsd.bench target=toy-s drafter=toy-s-msd tree.depth=6 tree.top_k=2 tree.total_tokens=10 \
+	$(PY) -m mmvsd.bench target=toy-s drafter=toy-s-msd tree=short \
 		max_new_tokens=96 json=runs/bench.json
 
 # Fast tests (pytest exit code 5, "no tests collected", counts as success).

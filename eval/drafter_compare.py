@@ -135,7 +135,7 @@ def bench_all(cfg: CompareConfig, rows: list[dict]) -> None:
 
     target = load_target(cfg.target)
     drafters = [load_drafter(row["drafter"], target) for row in rows]
-    decode = DecodeConfig(cfg.max_new_tokens, tree=TreeConfig(depth=10, top_k=2, total_tokens=16))
+    decode = DecodeConfig(cfg.max_new_tokens, tree=TreeConfig())
     words = image_words()
     prompts = inputs(cfg, target)
     warm = DecodeConfig(8, tree=decode.tree)

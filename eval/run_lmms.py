@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mmvsd import cli
-from mmvsd.config import opt
+from mmvsd.config import TreeConfig, opt
 from mmvsd.errors import UserError
 
 METRICS = {"mmvsd_vqav2": "exact_match", "mmvsd_chartqa": "relaxed_overall", "mmvsd_pope": "pope_accuracy",
@@ -34,9 +34,7 @@ class RunConfig:
     drafters: str = opt("runs/toy_msd/drafter", "drafter folders or kinds, comma-separated")
     tasks: str = opt(",".join(METRICS), "lmms-eval tasks, comma-separated")
     limit: int = opt(50, "documents per task (0 = all)")
-    depth: int = opt(10, "draft tree depth")
-    top_k: int = opt(2, "draft tree top_k")
-    total_tokens: int = opt(16, "draft tree total_tokens")
+    tree: TreeConfig = opt(TreeConfig, "draft tree shape")
     out: str = opt("eval/lmms", "folder for report.md, acceptance_by_depth.png, summary.json and the raw runs")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
@@ -52,7 +50,7 @@ def main(cfg: RunConfig) -> None:
     from mmvsd.lmms.task_files import task_folder
 
     tasks = task_folder(log=lambda m: print(m, file=sys.stderr))
-    tree = f"depth={cfg.depth},top_k={cfg.top_k},total_tokens={cfg.total_tokens}"
+    tree = ",".join(f"tree.{key}={value}" for key, value in asdict(cfg.tree).items())
     alone = evaluate(cfg, "target_alone", f"target={cfg.target}", tasks)
     runs = {d: evaluate(cfg, f"drafter_{i}", f"target={cfg.target},drafter={d},{tree}", tasks)
             for i, d in enumerate(cfg.drafters.split(","))}
@@ -88,7 +86,7 @@ def summarize(cfg: RunConfig, alone: dict, runs: dict[str, dict]) -> dict:
 def report_markdown(cfg: RunConfig, s: dict) -> str:
     names = list(s["drafters"])
     lines = [f"lmms-eval on {s['target']} ({', '.join(f'{t}: {n} docs' for t, n in s['n'].items())}), greedy; "
-             f"tree {cfg.depth}/{cfg.top_k}/{cfg.total_tokens}.", "",
+             f"tree {cfg.tree.depth}/{cfg.tree.top_k}/{cfg.tree.total_tokens}.", "",
              "| task (metric) | target alone | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for task in s["tasks"]:
         cells = []

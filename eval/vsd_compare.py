@@ -53,7 +53,7 @@ def bench(cfg: CompareConfig, drafter: Path, temperature: float) -> dict:
     from mmvsd.bench import run_bench
 
     report = run_bench(BenchConfig(target=cfg.target, drafter=str(drafter), n=cfg.n, max_new_tokens=cfg.max_new_tokens,
-                                   temperature=temperature, tree=TreeConfig(depth=10, top_k=2, total_tokens=16)))
+                                   temperature=temperature, tree=TreeConfig()))
     if temperature == 0 and report["identical_outputs"] is not True:
         raise UserError(f"{drafter}: speculative output differs from the target's at T=0 (a losslessness bug)")
     return {"tau": report["tau"], "speedup": report["speedup"]}

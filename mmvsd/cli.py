@@ -26,6 +26,7 @@ from mmvsd.errors import UserError
 T = TypeVar("T")
 RECIPES_DIR = Path(str(resources.files("mmvsd") / "recipes"))  # package data: found after `pip install .` too
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+PRESET = "<preset>"  # where `group=NAME` is kept among the group's fields until the group is built
 
 
 def parse(cls: type[T], argv: Sequence[str], recipes_dir: Path | None = None) -> T:
@@ -67,10 +68,12 @@ def _set_dotted(values: dict[str, Any], key: str, value: str) -> None:
     *parents, leaf = key.split(".")
     node = values
     for part in parents:
+        if isinstance(node.get(part), str):  # a preset (`tree=short`), now refined field by field
+            node[part] = {PRESET: node[part]}
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"key {key!r}: {part!r} is not a group of settings")
-    node[leaf] = value
+    node[leaf] = value  # a preset for a group replaces whatever the group held: the last word wins
 
 
 def _build(cls: type[T], values: dict[str, Any], prefix: str) -> T:
@@ -83,15 +86,29 @@ def _build(cls: type[T], values: dict[str, Any], prefix: str) -> T:
             raise UserError(f"unknown key {key!r}{_suggest(key, cls, prefix)}")
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise UserError(f"{key} is a group of settings; set its fields as {key}.<name>=value")
-            kwargs[name] = _build(tp, value, key + ".")
+            kwargs[name] = _build(tp, _with_preset(tp, value, key), key + ".")
         else:
             kwargs[name] = coerce(value, tp, key)
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field was not given
         raise UserError(f"{cls.__name__}: {_one_line(e)}") from None
+
+
+def _with_preset(group: type, value: Any, key: str) -> dict[str, Any]:
+    """A group's values: `tree=NAME` (a str, or {PRESET: NAME} plus fields) starts from the preset."""
+    presets = group.presets() if hasattr(group, "presets") else {}
+    if isinstance(value, str):
+        value = {PRESET: value}
+    if not isinstance(value, dict) or (PRESET in value and not presets):
+        raise UserError(f"{key} is a group of settings; set its fields as {key}.<name>=value")
+    if PRESET not in value:
+        return value
+    name = str(value[PRESET])
+    if name not in presets:
+        raise UserError(f"{key} must be a preset ({', '.join(presets)}) or set field by field as {key}.<name>=value; "
+                        f"got {name!r}")
+    return {**dataclasses.asdict(presets[name]), **{k: v for k, v in value.items() if k != PRESET}}
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
@@ -179,6 +196,10 @@ def _describe(cls: type, prefix: str) -> list[tuple[str, str, Any, str]]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
+            if hasattr(tp, "presets"):
+                shapes = ", ".join(f"{name} ({'/'.join(str(v) for v in dataclasses.astuple(c))})"
+                                   for name, c in tp.presets().items())
+                rows.append((prefix + f.name, "preset", next(iter(tp.presets())), f"a preset: {shapes}; or the fields below"))
             rows += _describe(tp, prefix + f.name + ".")
             continue
         default = getattr(instance, f.name)

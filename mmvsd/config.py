@@ -59,16 +59,31 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 
 @dataclass
 class TreeConfig:
-    """Shape of the EAGLE-2 dynamic draft tree (Li et al. 2024, arXiv 2406.16858)."""
+    """Shape of the EAGLE-2 dynamic draft tree (Li et al. 2024, arXiv 2406.16858). Set by a preset
+    (`tree=short`) and/or field by field (`tree.depth=8`, applied on top of a preset)."""
 
-    depth: int = opt(5, "drafter expansion rounds: the longest draft path")
-    top_k: int = opt(8, "children kept per expanded node and beam width per round")
-    total_tokens: int = opt(24, "draft tokens verified per step, best by cumulative log-probability")
+    depth: int = opt(10, "drafter expansion rounds: the longest draft path")
+    top_k: int = opt(2, "children kept per expanded node and beam width per round")
+    total_tokens: int = opt(16, "draft tokens verified per step, best by cumulative log-probability")
 
     def __post_init__(self) -> None:
         _require(self.depth >= 1, f"tree.depth must be >= 1, got {self.depth}")
         _require(self.top_k >= 1, f"tree.top_k must be >= 1, got {self.top_k}")
         _require(self.total_tokens >= 1, f"tree.total_tokens must be >= 1, got {self.total_tokens}")
+
+    @staticmethod
+    def presets() -> dict[str, TreeConfig]:
+        """The named shapes; the default is `narrow`."""
+        return {
+            # trained toy-m drafters are accepted ~8 deep: a deep narrow tree measured best (1.7-1.9x)
+            "narrow": TreeConfig(10, 2, 16),
+            # toy-s decodes in ~1.8 ms, so drafting costs relatively more: 1.36x here vs 1.23x for narrow
+            "short": TreeConfig(6, 2, 10),
+            # one path, no branching: the cheapest verification (gpt-fast's shape)
+            "chain": TreeConfig(8, 1, 8),
+            # EAGLE-2's bushy shape: for weak or untrained drafters whose first guess is often wrong
+            "wide": TreeConfig(5, 8, 24),
+        }
 
 
 @dataclass
@@ -123,6 +138,29 @@ class BenchConfig:
     @property
     def decode(self) -> DecodeConfig:
         return DecodeConfig(self.max_new_tokens, self.temperature, self.top_p, self.seed, self.tree)
+
+
+@dataclass
+class LmmsConfig:
+    """`python -m lmms_eval --model mmvsd --model_args key=value,...`: the bench's keys, comma-separated."""
+
+    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
+    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
+    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
+    drafter: str | None = opt(None, "a drafter folder, shipped drafter or kind; absent: the target alone")
+    temperature: float = opt(0.0, "0 = greedy; > 0 samples (a task's generation_kwargs override it)")
+    top_p: float = opt(1.0, "nucleus sampling on the target side (a task's generation_kwargs override it)")
+    seed: int = opt(0, "seed of the sampler and of an untrained drafter")
+    tree: TreeConfig = opt(TreeConfig, "draft tree shape")
+    dtype: Dtype = opt("float32", "weights and activations dtype")
+    device: str = opt("cpu", "torch device, e.g. cpu or cuda")
+    download: bool = opt(False, "allow fetching a hub id that is not in the local cache")
+    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores)")
+
+    def __post_init__(self) -> None:
+        _require_layers(self)
+        _require_threads(self)
+        DecodeConfig(1, self.temperature, self.top_p, self.seed, self.tree)  # validates the decoding knobs
 
 
 @dataclass

@@ -105,12 +105,13 @@ def test_an_unwritable_mmvsd_home_is_refused_before_a_build(places, no_model, ca
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the device rows describe a machine without CUDA")
 @pytest.mark.parametrize("model_args, message", [
     ({"device": "cuda"}, "device cuda: this torch build has no CUDA support"),
-    ({"temperature": "inf"}, "temperature must be a finite number"),
+    ({"temperature": float("inf")}, "temperature must be a finite number"),
     ({"top_p": 0}, "top_p must be in (0, 1]"),
-    ({"depth": 0}, "tree.depth must be >= 1"),
-    ({"depth": "deep"}, "invalid literal for int()"),
+    ({"tree.depth": 0}, "tree.depth must be >= 1"),
+    ({"tree.depth": "deep"}, "tree.depth must be an integer, got 'deep'"),
+    ({"tree": "bushy"}, "tree must be a preset (narrow, short, chain, wide)"),
     ({"dtype": "float64"}, "dtype must be one of float32, bfloat16, float16"),
-    ({"tree_depth": 3}, "unknown model_args for mmvsd: tree_depth"),
+    ({"depth": 3}, "unknown key 'depth'; did you mean 'tree.depth'?"),
 ])
 def test_lmms_model_args_are_checked_before_the_target_loads(model_args, message, no_model):
     from mmvsd.lmms.model import Mmvsd

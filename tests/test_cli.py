@@ -117,7 +117,25 @@ def test_help_lists_every_key_with_its_default():
     text = cli.help_text(BenchConfig, "mmvsd.bench", "Bench.")
     for key in cli.all_keys(BenchConfig):
         assert f"  {key}=" in text
-    assert "tree.total_tokens=24" in text and "data=null" in text
+    assert "tree.total_tokens=16" in text and "data=null" in text
+    assert "tree=narrow" in text and "short (6/2/10)" in text  # the presets, listed once
+
+
+@pytest.mark.parametrize("argv, shape", [
+    ([], (10, 2, 16)),
+    (["tree=short"], (6, 2, 10)),
+    (["tree=chain", "tree.depth=12"], (12, 1, 8)),  # a field on top of a preset
+    (["tree.depth=3", "tree=wide"], (5, 8, 24)),  # a later preset replaces earlier fields: the last word wins
+    (["recipe=fields"], (4, 1, 4)),
+    (["recipe=fields", "tree=short"], (6, 2, 10)),
+    (["recipe=named"], (8, 1, 8)),  # a recipe names a preset as a plain value
+    (["recipe=named", "tree.top_k=3"], (8, 3, 8)),
+])
+def test_tree_presets_and_fields(argv, shape, tmp_path):
+    (tmp_path / "fields.yaml").write_text("tree:\n  depth: 4\n  top_k: 1\n  total_tokens: 4\n")
+    (tmp_path / "named.yaml").write_text("tree: chain\n")
+    cfg = cli.parse(BenchConfig, argv, recipes_dir=tmp_path)
+    assert (cfg.tree.depth, cfg.tree.top_k, cfg.tree.total_tokens) == shape
 
 
 def test_run_prints_one_line_errors_and_dry_run(capsys):

@@ -24,7 +24,7 @@ def test_lmms_eval_scores_speculative_answers_exactly_as_the_targets(tmp_path):
     assert task_folder(tmp_path / "home") == tasks  # made once, then found
 
     alone = run_lmms_eval("target=tiny-random", TASKS, tasks, tmp_path / "alone", limit=3)
-    spec = run_lmms_eval("target=tiny-random,drafter=eagle,depth=3,top_k=2,total_tokens=6", TASKS, tasks,
+    spec = run_lmms_eval("target=tiny-random,drafter=eagle,tree.depth=3,tree.top_k=2,tree.total_tokens=6", TASKS, tasks,
                          tmp_path / "spec", limit=3)
     for task, metric in zip(TASKS, ["exact_match,none", "relaxed_overall,none", "pope_accuracy,none", "chair_i,none"]):
         assert metric in alone["results"][task] and alone["n-samples"][task]["effective"] == 3
@@ -70,7 +70,7 @@ def test_every_task_indexes_and_the_hub_switch_names_the_lmms_lab_datasets():
 def test_the_runner_reports_identical_accuracy_and_speed(tmp_path):
     """eval/run_lmms.py end to end on toy-s: every run checked, the report written."""
     result = subprocess.run([sys.executable, "eval/run_lmms.py", "target=toy-s", "drafters=eagle", "limit=2",
-                             "depth=3", "top_k=2", "total_tokens=6", f"out={tmp_path}"],
+                             "tree.depth=3", "tree.top_k=2", "tree.total_tokens=6", f"out={tmp_path}"],
                             capture_output=True, text=True, timeout=900, cwd=Path(__file__).parent.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -1,15 +1,16 @@
 """`--model mmvsd` for lmms-eval: a LLaVA-1.5 target alone or with a drafter, through mmvsd's one
 speculative decoding loop.
 
-    python -m lmms_eval --model mmvsd --model_args target=toy-m,drafter=runs/toy_msd/drafter \\
+    python -m lmms_eval --model mmvsd --model_args target=toy-m,drafter=runs/toy_msd/drafter,tree=narrow \\
         --tasks mmvsd_vqav2,mmvsd_chartqa,mmvsd_pope --include_path "$(python -m mmvsd.zoo tasks)" --batch_size 1
 
-model_args: target (an id as everywhere in mmvsd), drafter (a folder or a kind; absent = target
-alone), depth / top_k / total_tokens (the draft tree), temperature and top_p (overridden by a
-task's generation_kwargs), seed, dtype, device, threads (CPU threads; 0 = automatic), all checked
-before the target loads. Each request's tau, acceptance by depth and timings go to lmms-eval's
-throughput metrics (`avg_tau`, `avg_acceptance_depth_1`, ... in the results JSON). A request that fails raises: lmms-eval would otherwise score a silent empty
-answer as wrong.
+model_args are the bench's key=value settings, comma-separated (`mmvsd.config.LmmsConfig`: target,
+drafter (absent = the target alone), tree / tree.depth / tree.top_k / tree.total_tokens,
+temperature and top_p (overridden by a task's generation_kwargs), seed, dtype, device, threads),
+parsed and checked like any mmvsd command line before the target loads. Each request's tau,
+acceptance by depth and timings go to lmms-eval's throughput metrics (`avg_tau`,
+`avg_acceptance_depth_1`, ... in the results JSON). A request that fails raises: lmms-eval would
+otherwise score a silent empty answer as wrong.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from lmms_eval.models.registry_v2 import ModelManifest
 from lmms_eval.protocol import ChatMessages
 
-from mmvsd import metrics
+from mmvsd import cli, metrics
 from mmvsd.checks import check_device
-from mmvsd.threads import configure_threads
-from mmvsd.config import DecodeConfig, TreeConfig
+from mmvsd.config import DecodeConfig, LmmsConfig
 from mmvsd.decoding.speculative import autoregressive_generate, speculative_generate
 from mmvsd.drafters import load_drafter
 from mmvsd.errors import UserError
-from mmvsd.models import DTYPES, load_target
+from mmvsd.models import load_target
+from mmvsd.threads import configure_threads
 
 
 def manifests() -> ModelManifest:
@@ -39,27 +40,17 @@ def manifests() -> ModelManifest:
 class Mmvsd(lmms):
     is_simple = False
 
-    def __init__(self, target: str = "toy-m", drafter: str | None = None, depth: int = 10, top_k: int = 2,
-                 total_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                 dtype: str = "float32", device: str = "cpu", threads: int = 0, batch_size: int | str = 1,
-                 **unused) -> None:
+    def __init__(self, batch_size: int | str = 1, max_batch_size: int | None = None, **model_args) -> None:
         super().__init__()
-        if int(batch_size) != 1:
+        if str(batch_size) != "1":
             raise UserError(f"mmvsd decodes one request at a time: use --batch_size 1, not {batch_size}")
-        if unused:
-            raise UserError(f"unknown model_args for mmvsd: {', '.join(sorted(unused))} (see mmvsd.lmms.model)")
-        try:  # every setting checked before the target is loaded
-            self.tree = TreeConfig(int(depth), int(top_k), int(total_tokens))
-            self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
-        except ValueError as e:
-            raise UserError(f"mmvsd model_args: {e}") from None
-        DecodeConfig(1, self.temperature, self.top_p, self.seed, self.tree)
-        if dtype not in DTYPES:
-            raise UserError(f"mmvsd model_args: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        check_device(device)
-        configure_threads(int(threads))
-        self.target = load_target(target, dtype, device)
-        self.drafter = load_drafter(drafter, self.target, seed) if drafter else None
+        # model_args are the bench's key=value settings (lmms-eval has already typed them: back to text)
+        self.cfg = cli.parse(LmmsConfig, [f"{key}={value}" for key, value in model_args.items()])
+        check_device(self.cfg.device)  # every setting checked before the target is loaded
+        configure_threads(self.cfg.threads)
+        self.target = load_target(self.cfg.target, self.cfg.dtype, self.cfg.device, self.cfg.download,
+                                  self.cfg.target_layers, self.cfg.vision_layers)
+        self.drafter = load_drafter(self.cfg.drafter, self.target, self.cfg.seed) if self.cfg.drafter else None
 
     def generate_until(self, requests) -> list[GenerationResult]:
         results = []
@@ -76,8 +67,8 @@ class Mmvsd(lmms):
 
     def _answer(self, image, text: str, gen_kwargs: dict) -> GenerationResult:
         cfg = DecodeConfig(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or 128),
-                           temperature=float(gen_kwargs.get("temperature", self.temperature) or 0.0),
-                           top_p=float(gen_kwargs.get("top_p") or self.top_p), seed=self.seed, tree=self.tree)
+                           temperature=float(gen_kwargs.get("temperature", self.cfg.temperature) or 0.0),
+                           top_p=float(gen_kwargs.get("top_p") or self.cfg.top_p), seed=self.cfg.seed, tree=self.cfg.tree)
         prompt = self.target.encode(image, text, cfg.max_new_tokens)
         start = time.perf_counter()
         steps = list(speculative_generate(self.target, self.drafter, prompt, cfg) if self.drafter
@@ -90,7 +81,7 @@ class Mmvsd(lmms):
                 answer = answer[: answer.index(stop)]
         extra = {}
         if self.drafter:  # averaged over requests by lmms-eval: avg_tau, avg_acceptance_depth_1, ...
-            by_depth = metrics.acceptance_by_depth(steps, self.tree.depth)
+            by_depth = metrics.acceptance_by_depth(steps, self.cfg.tree.depth)
             extra = {"tau": metrics.tau(steps), **{f"acceptance_depth_{d + 1}": a for d, a in enumerate(by_depth)}}
         log_metrics(total_elapsed_time=seconds, total_gen_tokens=len(tokens),
                     avg_speed=len(tokens) / seconds if seconds else 0.0, additional_metrics=extra)
