@@ -55,6 +55,7 @@ def _require_layers(config: Any) -> None:
 
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+DEMO_EXAMPLES = 5  # toy-world images in the demo's Examples row
 
 
 @dataclass
@@ -161,6 +162,35 @@ class LmmsConfig:
         _require_layers(self)
         _require_threads(self)
         DecodeConfig(1, self.temperature, self.top_p, self.seed, self.tree)  # validates the decoding knobs
+
+
+@dataclass
+class DemoConfig:
+    """`mmvsd demo` (or `python demo/app.py`): the Gradio demo."""
+
+    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
+    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
+    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
+    drafter: str | None = opt(None, "a drafter folder, shipped drafter or kind (default: the MSD drafter shipped for "
+                                    "the toy target, or one trained once for another target)")
+    tree: TreeConfig = opt(TreeConfig, "the tree sliders' starting shape")
+    max_new_tokens: int = opt(96, "the longest answer (the slider's maximum)")
+    prompt: str = opt("Describe the image in detail.", "the prompt box's first text (and autorun's prompt)")
+    autorun: bool = opt(False, "run an example at start-up and open the page on its result (screenshots)")
+    example: int = opt(0, f"the example autorun runs (0..{DEMO_EXAMPLES - 1})")
+    host: str = opt("127.0.0.1", "address to listen on (this machine only; any other prints a warning)")
+    port: int = opt(7860, "port to listen on")
+    dtype: Dtype = opt("float32", "weights and activations dtype")
+    device: str = opt("cpu", "torch device, e.g. cpu or cuda")
+    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores)")
+    dry_run: bool = opt(False, "print the resolved config and exit")
+
+    def __post_init__(self) -> None:
+        _require_layers(self)
+        _require_threads(self)
+        _require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _require(0 <= self.example < DEMO_EXAMPLES, f"example must be in 0..{DEMO_EXAMPLES - 1}, got {self.example}")
+        _require(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}")
 
 
 @dataclass

@@ -10,7 +10,6 @@ The screenshot in the README comes from the last test:
 
 import fcntl
 import html
-import importlib.util
 import json
 import math
 import os
@@ -42,11 +41,11 @@ def free_port() -> int:
 @pytest.fixture
 def demo(request):
     """Start demo/app.py (tiny-random target, untrained EAGLE drafter unless the parameters say
-    otherwise; later flags win) and yield its URL."""
+    otherwise; later settings win) and yield its URL."""
     port = free_port()
     extra = getattr(request, "param", [])
-    process = subprocess.Popen([sys.executable, str(ROOT / "demo" / "app.py"), "--target", "tiny-random",
-                                "--drafter", "eagle", "--port", str(port), "--max-new-tokens", "24", *extra],
+    process = subprocess.Popen([sys.executable, str(ROOT / "demo" / "app.py"), "target=tiny-random", "drafter=eagle",
+                                f"port={port}", "max_new_tokens=24", *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
@@ -104,19 +103,33 @@ def test_the_speculative_answer_equals_the_targets_with_a_tree_per_step(demo, tm
 
 
 def test_serving_beyond_this_machine_is_warned_about(tmp_path):
-    run = subprocess.run([sys.executable, str(ROOT / "demo" / "app.py"), "--host", "0.0.0.0", "--target",
-                          str(tmp_path / "no-model")], capture_output=True, text=True, timeout=300)
-    warning, *_ = run.stderr.splitlines()
-    assert warning.startswith("warning: --host 0.0.0.0 serves the demo to the network") and run.returncode == 2
+    run = subprocess.run([sys.executable, str(ROOT / "demo" / "app.py"), "host=0.0.0.0", f"target={tmp_path / 'none'}"],
+                         capture_output=True, text=True, timeout=300)
+    warning, error = run.stderr.splitlines()
+    assert warning.startswith("warning: host=0.0.0.0 serves the demo to the network") and run.returncode == 2
+    assert error.startswith("error: target") and "no such folder" in error
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["device=cuda"], "error: device cuda: "),
+    (["port=70000"], "error: port must be in 1..65535"),
+    (["example=9"], "error: example must be in 0..4"),
+    (["max_new_tokens=0"], "error: max_new_tokens must be >= 1"),
+    (["tree=bushy"], "error: tree must be a preset"),
+    (["--target", "toy-s"], "error: expected key=value, got '--target'"),
+])
+def test_bad_settings_stop_the_demo_before_it_loads_a_model(argv, message):
+    run = subprocess.run([sys.executable, str(ROOT / "demo" / "app.py"), *argv], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 2 and run.stderr.startswith(message) and run.stderr.count("\n") == 1, run.stderr
 
 
 @pytest.fixture(scope="module")
 def app():
-    """demo/app.py as a module, for its drawing functions."""
-    spec = importlib.util.spec_from_file_location("demo_app", ROOT / "demo" / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The demo's module, for its drawing functions."""
+    import mmvsd.demo
+
+    return mmvsd.demo
 
 
 def test_the_tree_drawing_shows_kinds_probabilities_and_readable_tokens(app):
@@ -172,7 +185,7 @@ def seconds_to_finish(job) -> float:
     return time.perf_counter() - start
 
 
-@pytest.mark.parametrize("demo", [["--max-new-tokens", str(LONG_TOKENS)]], indirect=True)
+@pytest.mark.parametrize("demo", [[f"max_new_tokens={LONG_TOKENS}"]], indirect=True)
 def test_a_cancelled_request_frees_the_decoder_for_the_next_one(demo, tmp_path):
     from gradio_client import Client
 
@@ -284,7 +297,7 @@ def page(demo):
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("demo", [["--max-new-tokens", str(LONG_TOKENS), "--prompt", "Describe the image."]],
+@pytest.mark.parametrize("demo", [[f"max_new_tokens={LONG_TOKENS}", "prompt=Describe the image."]],
                          indirect=True)
 def test_stop_and_a_closed_tab_free_the_decoder_for_the_next_request(demo, page, tmp_path):
     from gradio_client import Client
@@ -295,7 +308,7 @@ def test_stop_and_a_closed_tab_free_the_decoder_for_the_next_request(demo, page,
     page.wait_for("document.querySelector('input[type=file]')")
     page.upload(image)  # decoded to the full LONG_TOKENS (an example image may end at EOS sooner)
     page.wait_for("document.querySelector('.file-preview')")
-    for label, value in (("tree depth", 12), ("top_k", 8), ("total tokens", 48)):  # the largest trees
+    for label, value in (("tree.depth", 12), ("tree.top_k", 8), ("tree.total_tokens", 48)):  # the largest trees
         page.set_slider(label, value)
     for stop_by in ("Stop", "closing the tab"):
         page.click("Generate")
@@ -326,8 +339,8 @@ def example_truth(index: int):
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("demo", [["--target", "toy-m", "--drafter", "toy-m-msd", "--max-new-tokens", "96", "--autorun",
-                                   "--example", "4", "--prompt", "What color is the background?"]], indirect=True)
+@pytest.mark.parametrize("demo", [["target=toy-m", "drafter=toy-m-msd", "max_new_tokens=96", "autorun=true",
+                                   "example=4", "prompt=What color is the background?"]], indirect=True)
 def test_a_headless_browser_photographs_a_correct_answer_with_its_tree(demo, tmp_path):
     """toy-m answers this example's question right (most of its long descriptions are wrong):
     the README's screenshot shows a true answer, its tree, legend and coloured tokens."""
