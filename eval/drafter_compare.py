@@ -214,4 +214,4 @@ def main(cfg: CompareConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(CompareConfig, main, "eval/drafter_compare.py", __doc__))
+    sys.exit(cli.run(CompareConfig, main, "python eval/drafter_compare.py", __doc__))

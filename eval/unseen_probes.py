@@ -112,4 +112,4 @@ def main(cfg: ProbeConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(ProbeConfig, main, "eval/unseen_probes.py", __doc__, sys.argv[1:]))
+    sys.exit(cli.run(ProbeConfig, main, "python eval/unseen_probes.py", __doc__, sys.argv[1:]))

@@ -123,4 +123,4 @@ def plot(results: list[dict], temperatures: list[float], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(CompareConfig, main, "eval/vsd_compare.py", __doc__))
+    sys.exit(cli.run(CompareConfig, main, "python eval/vsd_compare.py", __doc__))

@@ -306,5 +306,9 @@ def _no_nan(value):
     return value
 
 
+def run(argv: list[str] | None = None) -> int:
+    return cli.run(BenchConfig, main, "mmvsd bench", __doc__, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(BenchConfig, main, "mmvsd.bench", __doc__))
+    sys.exit(run())

@@ -178,7 +178,7 @@ def _suggest(key: str, cls: type, prefix: str) -> str:
 
 def help_text(cls: type, prog: str, doc: str, recipes: bool = False) -> str:
     """Usage, the entry point's description and every key with its type, default and help."""
-    lines = [f"usage: python -m {prog} {'recipe=NAME ' if recipes else ''}[key=value ...]", "", doc.strip(), ""]
+    lines = [f"usage: {prog} {'recipe=NAME ' if recipes else ''}[key=value ...]", "", doc.strip(), ""]
     if recipes:
         names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         lines += [f"recipes ({RECIPES_DIR}): {', '.join(names) or 'none'}", ""]

@@ -462,7 +462,7 @@ def main(cfg: DemoConfig) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    return cli.run(DemoConfig, main, "mmvsd.demo", __doc__, argv)
+    return cli.run(DemoConfig, main, "mmvsd demo", __doc__, argv)
 
 
 if __name__ == "__main__":

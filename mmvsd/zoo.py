@@ -151,7 +151,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"error: expected `build NAME`, `report NAME`, `list` or `tasks`, got {' '.join(words) or 'nothing'} "
               "(see --help)", file=sys.stderr)
         return 2
-    return cli.run(ZooConfig, lambda cfg: main(cfg, command, names), "mmvsd.zoo build NAME", __doc__, options)
+    return cli.run(ZooConfig, lambda cfg: main(cfg, command, names), "mmvsd zoo build|report NAME | list | tasks", __doc__, options)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The key=value parser: typed conversion, nesting, recipes, and refusals that name the fix."""
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -144,3 +146,27 @@ def test_run_prints_one_line_errors_and_dry_run(capsys):
     assert err.startswith("error: max_new_tokens must be an integer") and err.count("\n") == 1
     assert cli.run(BenchConfig, lambda cfg: None, "mmvsd.bench", "Bench.", ["dry_run=true", "tree.depth=7"]) == 0
     assert "depth: 7" in capsys.readouterr().out
+
+
+def test_one_mmvsd_command_lists_and_dispatches_its_subcommands(capsys):
+    from mmvsd.__main__ import COMMANDS, main
+
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"  {name}" in listing for name in ("bench", "train", "eval", "demo", "zoo", "answers"))
+    assert main(["bnech"]) == 2 and "unknown command 'bnech'; did you mean 'bench'?" in capsys.readouterr().err
+    for name in COMMANDS:  # every subcommand takes --help the same way
+        assert main([name, "--help"]) == 0
+        assert capsys.readouterr().out.startswith(f"usage: mmvsd {name}")
+    assert main(["bench", "tree=short", "dry_run=true"]) == 0 and "top_k: 2" in capsys.readouterr().out
+
+
+def test_the_installed_console_script_runs():
+    import shutil
+    import subprocess
+
+    script = shutil.which("mmvsd", path=str(Path(sys.executable).parent))
+    assert script, "the mmvsd console script is not installed next to this Python (pip install -e .)"
+    result = subprocess.run([script, "train", "recipe=toy_msd", "dry_run=true"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "drafter: msd" in result.stdout, result.stderr

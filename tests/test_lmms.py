@@ -68,8 +68,8 @@ def test_every_task_indexes_and_the_hub_switch_names_the_lmms_lab_datasets():
 
 @pytest.mark.slow
 def test_the_runner_reports_identical_accuracy_and_speed(tmp_path):
-    """eval/run_lmms.py end to end on toy-s: every run checked, the report written."""
-    result = subprocess.run([sys.executable, "eval/run_lmms.py", "target=toy-s", "drafters=eagle", "limit=2",
+    """`mmvsd eval` end to end on toy-s: every run checked, the report written."""
+    result = subprocess.run([sys.executable, "-m", "mmvsd", "eval", "target=toy-s", "drafters=eagle", "limit=2",
                              "tree.depth=3", "tree.top_k=2", "tree.total_tokens=6", f"out={tmp_path}"],
                             capture_output=True, text=True, timeout=900, cwd=Path(__file__).parent.parent)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -102,5 +102,9 @@ def main(cfg: AnswersConfig) -> None:
     print(f"{answers} ({skipped} images skipped)" if skipped else answers)
 
 
+def run(argv: list[str] | None = None) -> int:
+    return cli.run(AnswersConfig, main, "mmvsd answers", __doc__, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(AnswersConfig, main, "mmvsd.data.answers", __doc__))
+    sys.exit(run())

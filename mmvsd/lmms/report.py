@@ -1,4 +1,4 @@
-"""`python eval/run_lmms.py [key=value ...]`: accuracy and speed of the target alone and of each
+"""`mmvsd eval [key=value ...]`: accuracy and speed of the target alone and of each
 drafter on the mmvsd lmms-eval tasks, in one report.
 
 Runs `python -m lmms_eval --model mmvsd` once for the target alone and once per drafter on the
@@ -7,8 +7,8 @@ same tasks and documents, checks each run really produced its results (the lmms-
 target alone at T=0 or flagged loudly; speed-up over the target alone, tau, acceptance by
 depth), OUT/acceptance_by_depth.png and OUT/summary.json.
 
-    python eval/run_lmms.py drafters=runs/toy_msd/drafter,runs/toy_vispec/drafter
-    python eval/run_lmms.py target=toy-s drafters=eagle limit=5      # a quick look
+    mmvsd eval drafters=runs/toy_msd/drafter,runs/toy_vispec/drafter
+    mmvsd eval target=toy-s drafters=eagle limit=5      # a quick look
 """
 
 from __future__ import annotations
@@ -118,5 +118,9 @@ def plot(s: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def run(argv: list[str] | None = None) -> int:
+    return cli.run(RunConfig, main, "mmvsd eval", __doc__, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(RunConfig, main, "eval/run_lmms.py", __doc__))
+    sys.exit(run())
