@@ -1,6 +1,6 @@
 """Speculative decoding metrics: pure functions over decoding steps.
 
-Conventions (DESIGN section 5): tau is the mean number of tokens emitted per verification step
+Conventions: tau is the mean number of tokens emitted per verification step
 *including* the bonus token (vLLM/SGLang "acceptance length"); EAGLE, MSD and ViSpec papers report
 accepted draft tokens *excluding* it, which is tau - 1. Acceptance at depth d is the share of
 steps whose accepted path reached depth d (unconditional, as vLLM counts it).

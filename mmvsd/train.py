@@ -229,7 +229,7 @@ def train_once(args: list[str], out: Path) -> Path:
     if (out / "drafter" / "model.safetensors").is_file():
         return out / "drafter"
     resume = ["resume=true"] if (out / "checkpoint.pt").is_file() else []
-    command = [sys.executable, "-m", "mmvsd train", *args, f"output_dir={out}", "eval_n=0", *resume]
+    command = [sys.executable, "-m", "mmvsd.train", *args, f"output_dir={out}", "eval_n=0", *resume]
     print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
     if subprocess.run(command).returncode != 0:
         raise UserError(f"training failed; run {' '.join(command[1:])} to see why")

@@ -241,3 +241,14 @@ def test_a_feature_cache_is_written_once_read_after_and_guarded(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "written with other settings (batch_size)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_train_once_trains_in_its_own_process_then_reuses_the_drafter(tmp_path):
+    """What the demo does for a target without a shipped drafter."""
+    from mmvsd.train import train_once
+
+    args = ["recipe=toy_msd", *TINY[:3], "steps=2", "text_first_steps=0", "text_ramp_steps=0"]
+    folder = train_once(args, tmp_path / "run")
+    assert (folder / "model.safetensors").is_file() and not (tmp_path / "run" / "eval.json").exists()
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    assert train_once(args, tmp_path / "run") == folder and (folder / "model.safetensors").stat().st_mtime_ns == written

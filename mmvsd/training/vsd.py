@@ -3,7 +3,7 @@ Draft Training from Token Likelihood to Sequence Acceptance", ICML 2026, arXiv 2
 
 VSD trains the drafter q for what decoding rewards, accepted draft paths, by EM over latent
 draft paths z = (z_1 .. z_L) from a context x. The paper's exact formulas are not public; this
-is our formulation of its description (DESIGN section 6), every choice written down here.
+is our formulation of its description, every choice written down here.
 
 E-step (`estep`). From C contexts of each training sequence the drafter samples S paths by
 rolling out on its own states at temperature `vsd.temperature` (the proposal q_s), as decoding
