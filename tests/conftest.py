@@ -1,8 +1,12 @@
 """Shared fixtures: tiny real models built in code, random images and prompts. Nothing is downloaded."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# This test session's mmvsd processes count each other's threads, not those of whatever else runs
+# on the machine (another test session, a benchmark): their warnings would change what tests read.
+os.environ["MMVSD_THREADS_DIR"] = tempfile.mkdtemp(prefix="mmvsd-threads-")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
