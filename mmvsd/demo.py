@@ -18,6 +18,7 @@ through mmvsd.images.load_image, whose one-line message the page shows for a bro
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import os
@@ -307,74 +308,75 @@ def view(**values) -> tuple:
     return tuple(values.get(name, empty.get(name, "")) for name in OUTPUTS)
 
 
+def generate(target, drafters: dict, image_path, prompt, temperature, depth, top_k, total_tokens, new_tokens,
+             drafter_name):
+    """One request: the target alone, then speculative decoding, streamed as views of the page."""
+    try:
+        if not image_path:
+            raise UserError("upload an image or pick an example first")
+        image = load_image(image_path)
+        cfg = DecodeConfig(int(new_tokens), float(temperature), 1.0, 0,
+                           TreeConfig(int(depth), int(top_k), int(total_tokens)))
+        prompt_ids = target.encode(image, prompt, cfg.max_new_tokens)
+    except UserError as e:
+        yield view(status=f"**Cannot run:** {e}")
+        return
+    drafter = drafters[drafter_name]
+    yield view(status="Target alone: generating...")
+    alone, alone_s = yield from stream_alone(target, prompt_ids, cfg)
+    spec_tokens, spans, steps, trace, spec_s, shown_at = [], [], [], [], 0.0, time.perf_counter()
+
+    # The step data goes to the replay slider's server-side state at every update, and to the
+    # page's JSON view only at the end: gradio diffs a streamed output against its previous
+    # value, and with a 900-token answer of 48-node trees that work slowed decoding several times.
+    def spec_view(**values) -> tuple:
+        return view(**alone, spec_text=target.decode(spec_tokens), spec_coloured=coloured_answer(spans),
+                    tree=tree_panel(trace, len(trace) - 1), replay=trace,
+                    step=gr.update(maximum=max(1, len(trace)), value=len(trace)), **values)
+
+    for step in in_main_thread(speculative_generate(target, drafter, prompt_ids, cfg)):
+        spans += step_spans(target, spec_tokens, step)
+        spec_tokens += step.tokens
+        steps.append(step)
+        spec_s += step.seconds
+        if step.tree is not None:
+            trace.append(step_record(target.tokenizer, step, len(trace) + 1, target.decode(step.tokens)))
+        if time.perf_counter() - shown_at > UPDATE_EVERY_S:
+            shown_at = time.perf_counter()
+            yield spec_view(spec_stats=f"{len(spec_tokens) / spec_s:.0f} tokens/s", trace=gr.update(),
+                            status="Speculative: generating...")
+    summary = (f"**speed-up {alone_s / spec_s:.2f}x**, tau {metrics.tau(steps):.2f} tokens per target forward "
+               f"(incl. bonus), {len(trace)} target forwards for {len(spec_tokens)} tokens; outputs "
+               + ("identical" if alone["alone_text"] == target.decode(spec_tokens) else "differ (sampled)"))
+    yield spec_view(spec_stats=f"{len(spec_tokens)} tokens, {len(spec_tokens) / spec_s:.0f} tokens/s",
+                    summary=summary, plot=acceptance_plot(trace), trace=trace, status="Done.")
+
+
+def stream_alone(target, prompt_ids, cfg: DecodeConfig):
+    """The target alone, streamed; returns its answer's text and stats for the views that follow,
+    and its decoding time."""
+    # Speeds count the decoding steps' own time (Step.seconds), not the UI's work between them, and
+    # the UI is updated at most every UPDATE_EVERY_S so that its work does not slow the steps down.
+    tokens, alone_s, shown_at = [], 0.0, time.perf_counter()
+    for step in in_main_thread(autoregressive_generate(target, prompt_ids, cfg)):
+        tokens += step.tokens
+        alone_s += step.seconds
+        if time.perf_counter() - shown_at > UPDATE_EVERY_S:
+            shown_at = time.perf_counter()
+            yield view(alone_text=target.decode(tokens), status="Target alone: generating...")
+    return {"alone_text": target.decode(tokens), "alone_stats": f"{len(tokens)} tokens, "
+            f"{len(tokens) / alone_s:.0f} tokens/s"}, alone_s
+
+
 def build_app(target, drafters: dict, examples: list[str], max_new_tokens: int, prompt_text: str,
               autorun: str | None, shape: TreeConfig) -> gr.Blocks:
     """The page; `autorun`: an example image to run now, whose result the page then opens with."""
-
-    def generate(image_path, prompt, temperature, depth, top_k, total_tokens, new_tokens, drafter_name):
-        try:
-            if not image_path:
-                raise UserError("upload an image or pick an example first")
-            image = load_image(image_path)
-            cfg = DecodeConfig(int(new_tokens), float(temperature), 1.0, 0,
-                               TreeConfig(int(depth), int(top_k), int(total_tokens)))
-            prompt_ids = target.encode(image, prompt, cfg.max_new_tokens)
-        except UserError as e:
-            yield view(status=f"**Cannot run:** {e}")
-            return
-        drafter = drafters[drafter_name]
-        yield view(status="Target alone: generating...")
-        # Speeds count the decoding steps' own time (Step.seconds), not the UI's work between them, and
-        # the UI is updated at most every UPDATE_EVERY_S so that its work does not slow the steps down.
-        tokens, alone_s, shown_at = [], 0.0, time.perf_counter()
-        for step in in_main_thread(autoregressive_generate(target, prompt_ids, cfg)):
-            tokens += step.tokens
-            alone_s += step.seconds
-            if time.perf_counter() - shown_at > UPDATE_EVERY_S:
-                shown_at = time.perf_counter()
-                yield view(alone_text=target.decode(tokens), status="Target alone: generating...")
-        alone = {"alone_text": target.decode(tokens), "alone_stats": f"{len(tokens)} tokens, "
-                 f"{len(tokens) / alone_s:.0f} tokens/s"}
-        spec_tokens, spans, steps, trace, spec_s = [], [], [], [], 0.0
-
-        # The step data goes to the replay slider's server-side state at every update, and to the
-        # page's JSON view only at the end: gradio diffs a streamed output against its previous
-        # value, and with a 900-token answer of 48-node trees that work slowed decoding several times.
-        def spec_view(**values) -> tuple:
-            return view(**alone, spec_text=target.decode(spec_tokens), spec_coloured=coloured_answer(spans),
-                        tree=tree_panel(trace, len(trace) - 1), replay=trace,
-                        step=gr.update(maximum=max(1, len(trace)), value=len(trace)), **values)
-
-        for step in in_main_thread(speculative_generate(target, drafter, prompt_ids, cfg)):
-            spans += step_spans(target, spec_tokens, step)
-            spec_tokens += step.tokens
-            steps.append(step)
-            spec_s += step.seconds
-            if step.tree is not None:
-                trace.append(step_record(target.tokenizer, step, len(trace) + 1, target.decode(step.tokens)))
-            if time.perf_counter() - shown_at > UPDATE_EVERY_S:
-                shown_at = time.perf_counter()
-                yield spec_view(spec_stats=f"{len(spec_tokens) / spec_s:.0f} tokens/s", trace=gr.update(),
-                                status="Speculative: generating...")
-        summary = (f"**speed-up {alone_s / spec_s:.2f}x**, tau {metrics.tau(steps):.2f} tokens per target forward "
-                   f"(incl. bonus), {len(trace)} target forwards for {len(spec_tokens)} tokens; outputs "
-                   + ("identical" if alone["alone_text"] == target.decode(spec_tokens) else "differ (sampled)"))
-        yield spec_view(spec_stats=f"{len(spec_tokens)} tokens, {len(spec_tokens) / spec_s:.0f} tokens/s",
-                        summary=summary, plot=acceptance_plot(trace), trace=trace, status="Done.")
-
-    def show_preview(image_path):
-        if not image_path:
-            return None, ""
-        try:
-            return load_image(image_path), ""
-        except UserError as e:
-            return None, f"**Cannot use this file:** {e}"
-
-    # --autorun: run an example now; the page then opens showing the finished run (its initial
+    handle = functools.partial(generate, target, drafters)
+    # autorun: run an example now; the page then opens showing the finished run (its initial
     # values, so a browser sees it without waiting on a request).
     shown = dict(zip(OUTPUTS, view(step=0, trace=None)))
     if autorun:
-        *_, last = generate(autorun, prompt_text, 0.0, *astuple(shape), max_new_tokens, list(drafters)[0])
+        *_, last = handle(autorun, prompt_text, 0.0, *astuple(shape), max_new_tokens, list(drafters)[0])
         shown = dict(zip(OUTPUTS, last))
         shown["step"] = len(shown["trace"])
 
@@ -394,47 +396,69 @@ def build_app(target, drafters: dict, examples: list[str], max_new_tokens: int, 
                 with gr.Row():
                     temperature = gr.Slider(0, 1.5, value=0, step=0.1, label="temperature")
                     new_tokens = gr.Slider(1, max_new_tokens, value=max_new_tokens, step=1, label="max new tokens")
-                presets = TreeConfig.presets()
-                shape_name = next((name for name, preset in presets.items() if preset == shape), None)
-                tree_preset = gr.Dropdown([*presets, "custom"], value=shape_name or "custom", label="tree")
-                with gr.Row():
-                    depth = gr.Slider(1, 12, value=shape.depth, step=1, label="tree.depth")
-                    top_k = gr.Slider(1, 8, value=shape.top_k, step=1, label="tree.top_k")
-                    total = gr.Slider(1, 48, value=shape.total_tokens, step=1, label="tree.total_tokens")
+                depth, top_k, total = tree_controls(shape)
                 drafter = gr.Dropdown(list(drafters), value=list(drafters)[0], label="drafter")
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary")
                     stop = gr.Button("Stop", variant="stop")
                 status = gr.Markdown(shown["status"])
             with gr.Column(scale=2):
-                with gr.Row():
-                    with gr.Column():
-                        gr.Markdown("### Target alone")
-                        alone_text = gr.Textbox(shown["alone_text"], lines=6, show_label=False)
-                        alone_stats = gr.Markdown(shown["alone_stats"])
-                    with gr.Column():
-                        gr.Markdown("### Speculative")
-                        spec_text = gr.Textbox(shown["spec_text"], lines=6, show_label=False)
-                        spec_coloured = gr.HTML(shown["spec_coloured"])
-                        spec_stats = gr.Markdown(shown["spec_stats"])
-                summary = gr.Markdown(shown["summary"])
-                tree = gr.HTML(shown["tree"])
-                step = gr.Slider(0, max(1, shown["step"]), value=shown["step"], step=1,
-                                 label="replay a step (its tree and counts above)")
-                plot = gr.Plot(shown["plot"], label="acceptance by depth")
-                with gr.Accordion("step data (JSON)", open=False):
-                    trace = gr.JSON(shown["trace"])
-        replay = gr.State(shown["replay"])
-        outputs = [alone_text, alone_stats, spec_text, spec_coloured, spec_stats, summary, tree, step, trace, plot,
-                   status, replay]
+                shows = results(shown)
+        shows.update(status=status, replay=gr.State(shown["replay"]))
         inputs = [image, prompt, temperature, depth, top_k, total, new_tokens, drafter]
-        running = run.click(generate, inputs, outputs, api_name="generate")
+        running = run.click(handle, inputs, [shows[name] for name in OUTPUTS], api_name="generate")
         stop.click(lambda: "Stopped.", None, [status], cancels=[running], api_name=False)
         image.change(show_preview, [image], [preview, status], api_name=False)
-        tree_preset.input(lambda name: astuple(presets[name]) if name in presets else (gr.update(),) * 3,
-                          [tree_preset], [depth, top_k, total], api_name=False)
-        step.release(lambda t, i: tree_panel(t, max(0, int(i) - 1)), [replay, step], [tree])
+        shows["step"].release(lambda t, i: tree_panel(t, max(0, int(i) - 1)), [shows["replay"], shows["step"]],
+                              [shows["tree"]])
     return app
+
+
+def tree_controls(shape: TreeConfig) -> tuple:
+    """The tree's preset menu over its three sliders (spelled as on the command line)."""
+    presets = TreeConfig.presets()
+    name = next((name for name, preset in presets.items() if preset == shape), "custom")
+    menu = gr.Dropdown([*presets, "custom"], value=name, label="tree")
+    with gr.Row():
+        depth = gr.Slider(1, 12, value=shape.depth, step=1, label="tree.depth")
+        top_k = gr.Slider(1, 8, value=shape.top_k, step=1, label="tree.top_k")
+        total = gr.Slider(1, 48, value=shape.total_tokens, step=1, label="tree.total_tokens")
+    menu.input(lambda name: astuple(presets[name]) if name in presets else (gr.update(),) * 3, [menu],
+               [depth, top_k, total], api_name=False)
+    return depth, top_k, total
+
+
+def results(shown: dict) -> dict:
+    """The right-hand column: both answers, the speed summary, the tree, the replay slider, the
+    acceptance chart and the step data, keyed by their names in OUTPUTS."""
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("### Target alone")
+            alone_text = gr.Textbox(shown["alone_text"], lines=6, show_label=False)
+            alone_stats = gr.Markdown(shown["alone_stats"])
+        with gr.Column():
+            gr.Markdown("### Speculative")
+            spec_text = gr.Textbox(shown["spec_text"], lines=6, show_label=False)
+            spec_coloured = gr.HTML(shown["spec_coloured"])
+            spec_stats = gr.Markdown(shown["spec_stats"])
+    shows = {"alone_text": alone_text, "alone_stats": alone_stats, "spec_text": spec_text,
+             "spec_coloured": spec_coloured, "spec_stats": spec_stats, "summary": gr.Markdown(shown["summary"]),
+             "tree": gr.HTML(shown["tree"]),
+             "step": gr.Slider(0, max(1, shown["step"]), value=shown["step"], step=1,
+                               label="replay a step (its tree and counts above)"),
+             "plot": gr.Plot(shown["plot"], label="acceptance by depth")}
+    with gr.Accordion("step data (JSON)", open=False):
+        shows["trace"] = gr.JSON(shown["trace"])
+    return shows
+
+
+def show_preview(image_path):
+    if not image_path:
+        return None, ""
+    try:
+        return load_image(image_path), ""
+    except UserError as e:
+        return None, f"**Cannot use this file:** {e}"
 
 
 def main(cfg: DemoConfig) -> None:
