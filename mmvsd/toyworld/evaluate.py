@@ -49,49 +49,15 @@ def evaluate_target(target, data: Path, per_family: int, n_descriptions: int) ->
     blind controls: without the image, answers must fall to chance), POPE F1 and yes-ratio, and
     descriptions scored fact by fact (F1, CHAIR_i) against the ground truth."""
     from datasets import load_from_disk
-    from PIL import Image
     from tqdm import tqdm
 
     test, train = question_items(data, "test"), question_items(data, "train")
-    families = {}
     todo = [(family, items[:per_family]) for family, items in sorted(test.items())]
     bar = tqdm(total=sum(len(items) for _, items in todo), desc="evaluating", unit="question", dynamic_ncols=True)
-    for family, items in todo:
-        right = shuffled = blank = yes = true_yes = 0
-        for i, item in enumerate(items):
-            answer = normalize(generate(target, item["image"], item["prompt"], 8)[0])
-            right += answer == normalize(item["answer"])
-            yes += answer == "yes"
-            true_yes += answer == "yes" == normalize(item["answer"])
-            other = items[(i + 1) % len(items)]["image"]  # the same question about another image
-            shuffled += normalize(generate(target, other, item["prompt"], 8)[0]) == normalize(item["answer"])
-            empty = Image.new("RGB", item["image"].size, (150, 150, 150))
-            blank += normalize(generate(target, empty, item["prompt"], 8)[0]) == normalize(item["answer"])
-            bar.update()
-        majority = Counter(normalize(x["answer"]) for x in train[family]).most_common(1)[0][0]
-        n = len(items)
-        families[family] = {"n": n, "accuracy": right / n, "shuffled_image_accuracy": shuffled / n,
-                            "blank_image_accuracy": blank / n,
-                            "majority_answer_accuracy": sum(normalize(x["answer"]) == majority for x in items) / n}
-        if family.startswith("pope_"):
-            positives = sum(normalize(x["answer"]) == "yes" for x in items)
-            precision, recall = true_yes / max(yes, 1), true_yes / max(positives, 1)
-            families[family].update(f1=2 * precision * recall / max(precision + recall, 1e-9), yes_ratio=yes / n)
+    families = {family: family_scores(target, family, items, train[family], bar) for family, items in todo}
     bar.close()
-
     rows = load_from_disk(str(data / "descriptions"))["test"].select(range(n_descriptions))
-    facts, blind, samples, false, stated_total = [], [], [], 0, 0
-    for i, row in enumerate(tqdm(rows, desc="describing", unit="image", dynamic_ncols=True)):
-        truth, chart = truth_facts(truth_from_json(row["truth"])), row["kind"] == "chart"
-        text, _ = generate(target, row["image"], row["prompt"], 200)
-        stated = stated_facts(text, chart)
-        facts.append(fact_scores(stated, truth)["f1"])
-        false, stated_total = false + len(stated - truth), stated_total + len(stated)
-        other = rows[(i + 1) % len(rows)]["image"]
-        blind.append(fact_scores(stated_facts(generate(target, other, row["prompt"], 200)[0], chart), truth)["f1"])
-        if len(samples) < 3 and (not samples or samples[-1]["kind"] != row["kind"]):
-            samples.append({"kind": row["kind"], "prompt": row["prompt"], "reference": row["description"],
-                            "generated": text})
+    facts, blind, chair_i, samples = description_scores(target, rows)
     mean = statistics.mean
     return {
         "families": families,
@@ -105,12 +71,59 @@ def evaluate_target(target, data: Path, per_family: int, n_descriptions: int) ->
             "shapes_blank_image": mean(families[f]["blank_image_accuracy"] for f in SCENE_FAMILIES if f in families),
             "description_fact_f1": mean(facts),
             "description_fact_f1_wrong_image": mean(blind),
-            "chair_i": false / stated_total if stated_total else 0.0,
+            "chair_i": chair_i,
         },
         "descriptions": samples,
         "description_words": description_word_accuracy(target, rows),
         "decode_ms_per_token": decode_ms_per_token(target, rows[0]["image"], rows[0]["prompt"]),
     }
+
+
+def family_scores(target, family: str, items: list[dict], train_items: list[dict], bar) -> dict:
+    """One question family: accuracy with the right image, another image and a blank one, the
+    majority answer's accuracy, and for POPE families F1 and yes-ratio."""
+    from PIL import Image
+
+    right = shuffled = blank = yes = true_yes = 0
+    for i, item in enumerate(items):
+        answer = normalize(generate(target, item["image"], item["prompt"], 8)[0])
+        right += answer == normalize(item["answer"])
+        yes += answer == "yes"
+        true_yes += answer == "yes" == normalize(item["answer"])
+        other = items[(i + 1) % len(items)]["image"]  # the same question about another image
+        shuffled += normalize(generate(target, other, item["prompt"], 8)[0]) == normalize(item["answer"])
+        empty = Image.new("RGB", item["image"].size, (150, 150, 150))
+        blank += normalize(generate(target, empty, item["prompt"], 8)[0]) == normalize(item["answer"])
+        bar.update()
+    majority = Counter(normalize(x["answer"]) for x in train_items).most_common(1)[0][0]
+    n = len(items)
+    scores = {"n": n, "accuracy": right / n, "shuffled_image_accuracy": shuffled / n, "blank_image_accuracy": blank / n,
+              "majority_answer_accuracy": sum(normalize(x["answer"]) == majority for x in items) / n}
+    if family.startswith("pope_"):
+        positives = sum(normalize(x["answer"]) == "yes" for x in items)
+        precision, recall = true_yes / max(yes, 1), true_yes / max(positives, 1)
+        scores.update(f1=2 * precision * recall / max(precision + recall, 1e-9), yes_ratio=yes / n)
+    return scores
+
+
+def description_scores(target, rows) -> tuple[list[float], list[float], float, list[dict]]:
+    """Descriptions scored fact by fact: F1 per description with the right image and with
+    another one, CHAIR_i (stated facts not in the image / stated facts), and three samples."""
+    from tqdm import tqdm
+
+    facts, blind, samples, false, stated_total = [], [], [], 0, 0
+    for i, row in enumerate(tqdm(rows, desc="describing", unit="image", dynamic_ncols=True)):
+        truth, chart = truth_facts(truth_from_json(row["truth"])), row["kind"] == "chart"
+        text, _ = generate(target, row["image"], row["prompt"], 200)
+        stated = stated_facts(text, chart)
+        facts.append(fact_scores(stated, truth)["f1"])
+        false, stated_total = false + len(stated - truth), stated_total + len(stated)
+        other = rows[(i + 1) % len(rows)]["image"]
+        blind.append(fact_scores(stated_facts(generate(target, other, row["prompt"], 200)[0], chart), truth)["f1"])
+        if len(samples) < 3 and (not samples or samples[-1]["kind"] != row["kind"]):
+            samples.append({"kind": row["kind"], "prompt": row["prompt"], "reference": row["description"],
+                            "generated": text})
+    return facts, blind, false / stated_total if stated_total else 0.0, samples
 
 
 def image_words() -> frozenset[str]:
