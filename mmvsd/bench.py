@@ -126,13 +126,14 @@ def _json_kind(value: object) -> str:
 
 
 def builtin_requests(n: int, seed: int) -> list[Request]:
-    """Fresh toy-world scenes and charts with a request for a description: long answers, the
-    setting in which speculation pays off (and in which MSD and ViSpec measure it)."""
-    from mmvsd.toyworld.data import random_sample
-    from mmvsd.toyworld.language import DESCRIBE_PROMPTS
+    """Fresh images from the plugin that provides default inputs (the toy world's scenes and
+    charts) with a request for a description: long answers, the setting in which speculation
+    pays off (and in which MSD and ViSpec measure it)."""
+    from mmvsd.plugins import default_inputs
 
+    inputs = default_inputs()
     rng = random.Random(f"bench-{seed}")  # a stream of its own: not the images targets are trained on
-    return [Request(f"builtin-{i}", random_sample(rng, 336).image, DESCRIBE_PROMPTS[i % len(DESCRIBE_PROMPTS)])
+    return [Request(f"builtin-{i}", inputs.image(rng, 336), inputs.prompts[i % len(inputs.prompts)])
             for i in range(n)]
 
 

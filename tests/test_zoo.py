@@ -174,7 +174,7 @@ def test_a_second_builder_of_the_same_cache_entry_waits_and_says_so(tmp_path):
     import threading
     import time
 
-    from mmvsd.toyworld.build import cache_lock
+    from mmvsd.files import cache_lock
 
     said, order = [], []
     entry = tmp_path / "targets" / "toy-x"

@@ -88,9 +88,9 @@ def main(cfg: AnswersConfig) -> None:
                     skipped += 1
                     continue
             else:
-                from mmvsd.toyworld.data import random_sample
+                from mmvsd.plugins import default_inputs
 
-                image, name = random_sample(rng, 336).image, f"images/{i:06d}.png"
+                image, name = default_inputs().image(rng, 336), f"images/{i:06d}.png"
                 if name in done:
                     continue
                 (out / "images").mkdir(exist_ok=True)

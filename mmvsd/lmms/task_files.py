@@ -26,7 +26,8 @@ def task_folder(home: Path | None = None, datasets: Path | None = None, log=prin
     """The ready task folder: made once per version of the task files (under the cache lock),
     found again afterwards. `datasets` is a toy-world dataset folder (default: the shared one)."""
     from mmvsd.checks import mmvsd_home
-    from mmvsd.toyworld.build import cache_lock, ensure_datasets
+    from mmvsd.files import cache_lock
+    from mmvsd.toyworld.build import ensure_datasets
     from mmvsd.toyworld.data import DATA_VERSION, export_test_parquet
 
     digest = hashlib.sha256(f"data-v{DATA_VERSION}".encode())

@@ -28,25 +28,17 @@ def load_target(name: str, dtype: str = "float32", device: str = "cpu", download
         return LlavaTarget(*build_real_shape(name, layers, vision_layers, dtype=torch_dtype, device=device), name)
     if layers or vision_layers:
         raise UserError(f"target_layers and vision_layers apply to the random:* targets only, not to {name}")
-    if name in TOY_TARGETS:
-        return LlavaTarget(*_from_pretrained(str(_toy_folder(name)), torch_dtype, device, False), name)
     if name == "tiny-random":
         from mmvsd.models.tiny import build_tiny_random
 
         model, processor = build_tiny_random()
         return LlavaTarget(model.to(device, torch_dtype), processor, name)
+    from mmvsd.plugins import target_folder
+
+    folder = target_folder(name)  # a plugin's target, e.g. the toy world's toy-s and toy-m
+    if folder is not None:
+        return LlavaTarget(*_from_pretrained(str(folder), torch_dtype, device, False), name)
     return LlavaTarget(*_from_pretrained(_resolve(name), torch_dtype, device, download), name)
-
-
-TOY_TARGETS = ("toy-s", "toy-m")
-
-
-def _toy_folder(name: str) -> Path:
-    import sys
-
-    from mmvsd.toyworld.build import find_target
-
-    return find_target(name, log=lambda m: print(m, file=sys.stderr))
 
 
 def _resolve(name: str) -> str:

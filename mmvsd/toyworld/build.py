@@ -20,8 +20,6 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from tqdm import tqdm
 
 from mmvsd.checks import mmvsd_home
 from mmvsd.data.conversations import IGNORE, encode_conversation, pad_batch
-from mmvsd.files import ordinary_modes
+from mmvsd.files import cache_lock, ordinary_modes
 from mmvsd.toyworld.data import questions, random_sample, training_conversation
 from mmvsd.training.checkpoint import atomic_torch_save, load_checkpoint
 from mmvsd.training.optim import build_optimizer, build_schedule
@@ -181,25 +179,6 @@ def ship(name: str, home: Path | None = None) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
-
-
-@contextmanager
-def cache_lock(path: Path, what: str, log=print) -> Iterator[None]:
-    """Hold `path`.lock while `what` is built in the shared cache: a second process asking for the
-    same build waits (and says so), then finds it built."""
-    from filelock import FileLock, Timeout
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(f"{path}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log(f"another process is building {what}; waiting for it ({path}.lock)")
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def ensure_datasets(home: Path | None = None, image_size: int = 336, log=print) -> Path:

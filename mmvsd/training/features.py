@@ -1,5 +1,5 @@
-"""Training batches for drafters: conversations (toy world or data files, with or without their
-image), and the target's features on them.
+"""Training batches for drafters: conversations (data files, or fresh images from a plugin, with
+or without their image), and the target's features on them.
 
 Features are computed online, one no-grad target pass per batch: the drafter learns the target's
 own next-token distribution at every answer position, whatever text the answer holds.
@@ -52,7 +52,7 @@ def training_batch(target, cfg, index: int, step: int, loaded=None, text_loaded=
 
     A slot is text-only with probability `text_only_share`: a conversation from `text_loaded`
     (e.g. ShareGPT) when given, else the main source's conversation without its image. The main
-    source is `loaded` (a data file) or fresh toy-world images."""
+    source is `loaded` (a data file) or fresh images (`mmvsd.plugins.default_inputs`)."""
     share = text_only_share(step, cfg.text_first_steps, cfg.text_ramp_steps)
     stride = cfg.batch_size * processes
     items = []
@@ -63,7 +63,7 @@ def training_batch(target, cfg, index: int, step: int, loaded=None, text_loaded=
         elif loaded is not None:
             items.append(_file_item(target, loaded, f"data-{cfg.seed}", index * stride + slot, keep_image))
         else:
-            items.append(_toy_item(target, cfg, f"drafter-{cfg.seed}-{index}-{slot}", keep_image))
+            items.append(_fresh_item(target, cfg, f"drafter-{cfg.seed}-{index}-{slot}", keep_image))
     encoded, images = zip(*items)
     has_image = [image is not None for image in images]
     batch = {**pad_batch(list(encoded), target.tokenizer.pad_token_id or 0, cfg.max_length),
@@ -74,16 +74,15 @@ def training_batch(target, cfg, index: int, step: int, loaded=None, text_loaded=
     return batch
 
 
-def _toy_item(target, cfg, stream: str, keep_image: bool) -> tuple[Encoded, object]:
-    """A fresh toy-world image with a conversation about it, from a stream of its own, apart from
-    the images the toy targets were trained on."""
-    from mmvsd.toyworld.data import random_sample, training_conversation
+def _fresh_item(target, cfg, stream: str, keep_image: bool) -> tuple[Encoded, object]:
+    """A fresh image with a conversation about it (from the plugin that provides default inputs:
+    the toy world), from a stream of its own, apart from the images the toy targets were trained on."""
+    from mmvsd.plugins import default_inputs
 
-    rng = random.Random(stream)
-    sample = random_sample(rng, target.processor.image_processor.crop_size["height"])
-    turns = training_conversation(sample, rng, cfg.describe_share, 4)
+    side = target.processor.image_processor.crop_size["height"]
+    image, turns = default_inputs().conversation(random.Random(stream), side, cfg.describe_share)
     return (encode_conversation(target.tokenizer, turns, target.image_token_id, target.num_image_tokens,
-                                image=keep_image), sample.image if keep_image else None)
+                                image=keep_image), image if keep_image else None)
 
 
 def _file_item(target, loaded, stream: str, position: int, keep_image: bool) -> tuple[Encoded, object]:

@@ -33,12 +33,10 @@ def target_config(cfg):
         from mmvsd.models.tiny import build_tiny_random
 
         return build_tiny_random()[0].config
-    if cfg.target in ("toy-s", "toy-m"):
-        from mmvsd.toyworld.build import shipped_target_dir
+    from mmvsd.plugins import target_folder
 
-        path = shipped_target_dir(cfg.target)
-    else:
-        path = Path(cfg.target).expanduser() if Path(cfg.target).expanduser().is_dir() else cfg.target
+    path = target_folder(cfg.target) or (Path(cfg.target).expanduser() if Path(cfg.target).expanduser().is_dir()
+                                         else cfg.target)
     try:
         return AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError):
