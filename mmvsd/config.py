@@ -17,13 +17,16 @@ from typing import Any, Literal
 from mmvsd.errors import UserError
 
 
-def opt(default: Any, help: str | Callable[[], str]) -> Any:
-    """A dataclass field with a help text shown by `--help` (a callable is asked at that time)."""
+def opt(default: Any, help: str | Callable[[], str], data: bool = False) -> Any:
+    """A dataclass field with a help text shown by `--help` (a callable is asked at that time).
+    `data=True` marks a training setting that changes which conversations a micro-batch holds:
+    the feature cache is keyed by these (`mmvsd.training.cache`)."""
+    metadata = {"help": help, "data": data}
     if dataclasses.is_dataclass(default) and isinstance(default, type):
-        return field(default_factory=default, metadata={"help": help})
+        return field(default_factory=default, metadata=metadata)
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _drafter_kinds() -> list[str]:
@@ -230,30 +233,30 @@ class TrainConfig:
     drafter: str = opt("msd", lambda: f"a drafter kind ({', '.join(_drafter_kinds())}) to start untrained, or a "
                                       "drafter folder")
     output_dir: str | None = opt(None, "where the run is written (default runs/train)")
-    data: str | None = opt(None, "LLaVA/ShareGPT .json or target-answers .jsonl; default: fresh toy-world conversations")
-    image_folder: str | None = opt(None, "folder the data file's image paths are relative to (default: its folder)")
+    data: str | None = opt(None, "LLaVA/ShareGPT .json or target-answers .jsonl; default: fresh toy-world conversations", data=True)
+    image_folder: str | None = opt(None, "folder the data file's image paths are relative to (default: its folder)", data=True)
     text_data: str | None = opt(None, "text-only conversations (ShareGPT .json) for the text-first curriculum; "
-                                      "default: the main source's conversations without their image")
-    max_length: int = opt(2048, "conversations from a data file are cut to this many tokens")
+                                      "default: the main source's conversations without their image", data=True)
+    max_length: int = opt(2048, "conversations from a data file are cut to this many tokens", data=True)
     target_answers: int = opt(0, "ViSpec-style data: first have the target describe this many fresh toy images "
-                                 "(greedy, kept in output_dir/answers, resumable) and train on its answers")
+                                 "(greedy, kept in output_dir/answers, resumable) and train on its answers", data=True)
     steps: int = opt(300, "optimizer steps")
-    batch_size: int = opt(8, "conversations per micro-batch")
-    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    batch_size: int = opt(8, "conversations per micro-batch", data=True)
+    grad_accum: int = opt(1, "micro-batches per optimizer step", data=True)
     lr: float = opt(1e-3, "peak learning rate (AdamW, linear warmup, cosine decay to 10%)")
     warmup_steps: int = opt(20, "linear warmup steps")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     regression_weight: float = opt(1.0, "weight of the SmoothL1 feature regression")
     token_weight: float = opt(0.1, "weight of the cross-entropy to the target's next-token distribution")
-    describe_share: float = opt(0.8, "share of conversations that are long descriptions (the rest short QA)")
-    text_first_steps: int = opt(0, "text-first curriculum (MSD; ViSpec's stage 1): steps on text-only conversations first")
+    describe_share: float = opt(0.8, "share of conversations that are long descriptions (the rest short QA)", data=True)
+    text_first_steps: int = opt(0, "text-first curriculum (MSD; ViSpec's stage 1): steps on text-only conversations first", data=True)
     text_ramp_steps: int = opt(0, "then steps over which the image-bearing share grows to 1 (MSD; 0 = switch at once, "
-                                  "ViSpec's stage 2)")
+                                  "ViSpec's stage 2)", data=True)
     self_feed_passes: int = opt(0, "ViSpec's 'MTP' passes: rerun the drafter on its own predicted features, same loss")
     vsd: VsdConfig = opt(VsdConfig, "VSD objective over sampled draft paths (off unless vsd.enabled=true)")
     feature_cache: str | None = opt(None, "folder caching the target's features per micro-batch: computed once, "
                                           "read by later runs over the same data")
-    seed: int = opt(0, "seed of the drafter's initialisation and of the data stream")
+    seed: int = opt(0, "seed of the drafter's initialisation and of the data stream", data=True)
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "accelerate mixed precision (bf16 on GPUs)")
     checkpoint_every: int = opt(50, "steps between atomic checkpoints")
     log_with: str = opt("jsonl", "metric trackers, comma-separated: jsonl (metrics.jsonl, always on), tensorboard, wandb")

@@ -252,3 +252,13 @@ def test_train_once_trains_in_its_own_process_then_reuses_the_drafter(tmp_path):
     assert (folder / "model.safetensors").is_file() and not (tmp_path / "run" / "eval.json").exists()
     written = (folder / "model.safetensors").stat().st_mtime_ns
     assert train_once(args, tmp_path / "run") == folder and (folder / "model.safetensors").stat().st_mtime_ns == written
+
+
+def test_the_feature_cache_key_is_derived_from_tagged_settings():
+    """A setting that changes the data is tagged where it is declared (opt(..., data=True)); the
+    feature cache's key follows, so a new data knob cannot silently reuse stale features."""
+    from mmvsd.training.cache import DATA_KEYS
+
+    assert set(DATA_KEYS) == {"data", "text_data", "image_folder", "max_length", "target_answers", "batch_size",
+                              "grad_accum", "describe_share", "text_first_steps", "text_ramp_steps", "seed"}
+    assert not {"lr", "steps", "tree", "vsd", "device", "threads"} & set(DATA_KEYS)

@@ -1,6 +1,5 @@
-"""LLaVA-1.5 conversations as token ids with a loss mask on the assistant's words.
-
-    USER: <image>\\n{question} ASSISTANT: {answer}</s>USER: {question} ASSISTANT: {answer}</s>...
+"""LLaVA-1.5 conversations (the format of `mmvsd.models.chat`) as token ids with a loss mask on
+the assistant's words.
 
 Token weights let a short answer count for more than its one or two tokens: a turn of n answer
 tokens weighs sqrt(n) in total, so a 90-token description no longer drowns the short answers
@@ -16,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from mmvsd.models.chat import IMAGE_PLACEHOLDER, user_turn
 
 IGNORE = -100  # label of a position that carries no loss
 
@@ -50,8 +51,8 @@ def encode_conversation(tokenizer, turns: list[tuple[str, str]], image_token_id:
 
     ids, labels, weights = [tokenizer.bos_token_id], [IGNORE], [0.0]
     for i, (question, answer) in enumerate(turns):
-        user = piece("USER: ") + [image_token_id] * num_image_tokens + piece(f"\n{question} ASSISTANT:") \
-            if i == 0 and image else piece(f"USER: {question} ASSISTANT:")
+        before, placeholder, after = user_turn(question, image=i == 0 and image).partition(IMAGE_PLACEHOLDER)
+        user = piece(before) + ([image_token_id] * num_image_tokens + piece(after) if placeholder else [])
         reply = piece(f" {answer}") + [tokenizer.eos_token_id]
         ids += user + reply
         labels += [IGNORE] * len(user) + reply

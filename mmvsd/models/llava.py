@@ -15,9 +15,8 @@ from transformers import DynamicCache, LlavaForConditionalGeneration
 
 from mmvsd.errors import UserError
 from mmvsd.images import to_rgb
+from mmvsd.models.chat import IMAGE_PLACEHOLDER, user_turn
 
-IMAGE_PLACEHOLDER = "<image>"
-LLAVA15_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 
 
 @dataclass
@@ -84,7 +83,7 @@ class LlavaTarget:
         if getattr(self.processor, "chat_template", None):
             conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
             return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        return LLAVA15_TEMPLATE.format(prompt=prompt)
+        return user_turn(prompt, image=True)
 
     def encode(self, image: Image.Image, prompt: str, max_new_tokens: int = 1) -> Prompt:
         """Chat-format and tokenize a request; refuse what cannot be answered, naming the limit."""

@@ -11,17 +11,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                           LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
 
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-# The LLaVA-1.5 conversation format, as llava-hf's checkpoints render it.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ message['role'].upper() + ': ' }}"
-    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
-    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
-    "{% if message['role'] == 'user' %}{{ ' ' }}{% else %}{{ eos_token }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
+from mmvsd.models.chat import CHAT_TEMPLATE, IMAGE_PLACEHOLDER
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_PLACEHOLDER]
 
 
 def byte_tokenizer(alphabet: str | None = None) -> PreTrainedTokenizerFast:

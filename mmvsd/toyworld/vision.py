@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from transformers import CLIPVisionModel
 
+from mmvsd.data.conversations import IGNORE
 from mmvsd.toyworld.charts import CHART_COLOURS, LABELS, TITLES, Chart
 from mmvsd.toyworld.scenes import BACKGROUNDS, COLOURS, KINDS, SIZES, Scene, object_mask
 
-IGNORE = -100
 IMAGE_TYPES = ("scene", "bar", "line")
 # name -> number of classes (class 0 = nothing there); per-patch heads, then global ones
 PATCH_HEADS = {"colour": 1 + len(COLOURS), "kind": 1 + len(KINDS), "size": 1 + len(SIZES), "cell": 10,

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmvsd.config import TrainConfig
 from mmvsd.errors import UserError
 from mmvsd.files import ordinary_modes
 from mmvsd.training.features import DraftBatch, draft_batch
 
-# Settings that change which conversations micro-batch i holds.
-DATA_KEYS = ("data", "text_data", "image_folder", "max_length", "target_answers", "batch_size", "describe_share",
-             "text_first_steps", "text_ramp_steps", "grad_accum", "seed")
+# Settings that change which conversations micro-batch i holds: tagged `opt(..., data=True)`.
+DATA_KEYS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("data"))
 
 
 class FeatureCache:
