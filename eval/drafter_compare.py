@@ -129,7 +129,7 @@ def bench_all(cfg: CompareConfig, rows: list[dict]) -> None:
     """Fill each row with per-set tau, speed-up, acceptance by depth and drafted shares."""
     from tqdm import tqdm
 
-    from mmvsd.decoding import autoregressive_generate, speculative_generate
+    from mmvsd.decoding import autoregressive_generate, collect_tokens, speculative_generate
     from mmvsd.drafters import load_drafter
     from mmvsd.models import load_target
 
@@ -151,7 +151,7 @@ def bench_all(cfg: CompareConfig, rows: list[dict]) -> None:
                 start = time.perf_counter()
                 got = list(speculative_generate(target, drafter, prompt, decode))
                 spec_s[i] += time.perf_counter() - start
-                if [t for s in got for t in s.tokens] != expected:
+                if collect_tokens(got) != expected:
                     raise UserError(f"{row['drafter']}: speculative output differs from the target's (a losslessness bug)")
                 steps[i] += got
         for row, row_steps, seconds in zip(rows, steps, spec_s):

@@ -14,7 +14,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mmvsd import cli, metrics
 from mmvsd.checks import check_device, check_output_file
 from mmvsd.config import BenchConfig
-from mmvsd.decoding import Step, autoregressive_generate, speculative_generate
+from mmvsd.decoding import Step, autoregressive_generate, collect_tokens, speculative_generate
 from mmvsd.errors import UserError
 from mmvsd.images import load_image
 
@@ -162,7 +162,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         raise UserError(f"none of the {len(requests)} inputs could be used: {errors[0]['error']}")
 
     decode = cfg.decode
-    warm = type(decode)(min(8, decode.max_new_tokens), decode.temperature, decode.top_p, decode.seed, decode.tree)
+    warm = replace(decode, max_new_tokens=min(8, decode.max_new_tokens))
     list(autoregressive_generate(target, prompts[0][1], warm))  # first calls pay one-off costs
     list(speculative_generate(target, drafter, prompts[0][1], warm))
 
@@ -174,8 +174,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         start = time.perf_counter()
         speculative = list(speculative_generate(target, drafter, prompt, decode))
         speculative_s = time.perf_counter() - start
-        base_tokens = [t for s in baseline for t in s.tokens]
-        spec_tokens = [t for s in speculative for t in s.tokens]
+        base_tokens = collect_tokens(baseline)
+        spec_tokens = collect_tokens(speculative)
         identical = base_tokens == spec_tokens if decode.temperature == 0 else None
         results.append(Result(request.name, request.prompt, target.decode(spec_tokens), identical,
                               metrics.tau(speculative), baseline_s, speculative_s, baseline, speculative))

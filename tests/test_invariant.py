@@ -8,7 +8,7 @@ import torch
 from conftest import random_image, random_prompt
 
 from mmvsd.config import DecodeConfig, TreeConfig
-from mmvsd.decoding import DraftTree, autoregressive_generate, speculative_generate
+from mmvsd.decoding import DraftTree, autoregressive_generate, collect_tokens, speculative_generate
 from mmvsd.drafters import DRAFTERS, build_drafter
 from mmvsd.metrics import tau
 
@@ -71,7 +71,7 @@ def test_untrained_drafter_is_lossless(tiny_target, tree, kind):
         prompt = tiny_target.encode(image, text)
         expected = hf_greedy(tiny_target, prompt, MAX_NEW)
         steps = list(speculative_generate(tiny_target, drafter, prompt, cfg))
-        assert [t for s in steps for t in s.tokens] == expected
+        assert collect_tokens(steps) == expected
         assert [t for s in autoregressive_generate(tiny_target, prompt, cfg) for t in s.tokens] == expected
 
 
@@ -83,7 +83,7 @@ def test_a_drafter_forced_to_be_right_reaches_depth_plus_one(tiny_target, depth)
         continuation = hf_greedy(tiny_target, prompt, MAX_NEW + depth + 1)
         drafter = ScriptedDrafter(continuation, tiny_target.vocab_size, right=True, depth=depth)
         steps = list(speculative_generate(tiny_target, drafter, prompt, DecodeConfig(max_new_tokens=MAX_NEW)))
-        assert [t for s in steps for t in s.tokens] == continuation[:MAX_NEW]
+        assert collect_tokens(steps) == continuation[:MAX_NEW]
         if tiny_target.eos_token_ids.isdisjoint(continuation[:MAX_NEW]):
             assert tau(steps) == depth + 1
             assert len(steps) == 1 + -(-(MAX_NEW - 1) // (depth + 1))  # prefill + ceil(rest / (depth + 1))
@@ -97,7 +97,7 @@ def test_a_drafter_forced_to_be_wrong_accepts_nothing(tiny_target):
         continuation = hf_greedy(tiny_target, prompt, MAX_NEW + 5)
         drafter = ScriptedDrafter(continuation, tiny_target.vocab_size, right=False, depth=4)
         steps = list(speculative_generate(tiny_target, drafter, prompt, DecodeConfig(max_new_tokens=MAX_NEW)))
-        assert [t for s in steps for t in s.tokens] == continuation[:MAX_NEW]
+        assert collect_tokens(steps) == continuation[:MAX_NEW]
         assert tau(steps) == 1.0
 
 
@@ -110,11 +110,11 @@ def test_eos_and_budget_stop_generation(tiny_target):
     try:
         drafter = ScriptedDrafter(continuation + [0] * 10, tiny_target.vocab_size, right=True, depth=5)
         steps = list(speculative_generate(tiny_target, drafter, prompt, DecodeConfig(max_new_tokens=50)))
-        tokens = [t for s in steps for t in s.tokens]
+        tokens = collect_tokens(steps)
         assert tokens == continuation[: continuation.index(eos) + 1]
     finally:
         tiny_target.eos_token_ids = saved
     for budget in (1, 2, 7):
         steps = speculative_generate(tiny_target, build_drafter("eagle", tiny_target), prompt,
                                      DecodeConfig(max_new_tokens=budget))
-        assert len([t for s in steps for t in s.tokens]) == budget
+        assert len(collect_tokens(steps)) == budget

@@ -73,7 +73,7 @@ def test_commit_keeps_exactly_the_accepted_path(tiny_target, rng):
         leaf = rng.randrange(1, 10)
         path = path_to(tree, leaf)
         target.commit(len(tree), torch.tensor(path))
-        assert target.seq_len == len(prompt.input_ids) + len(path)
+        assert target.cache.get_seq_length() == len(prompt.input_ids) + len(path)
         # decoding continues from the compacted cache as if the path had been decoded one by one
         nxt = text_tokens(target, rng, 1)
         logits, _ = target.forward(torch.tensor(nxt), torch.zeros(1, dtype=torch.long))

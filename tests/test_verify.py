@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from mmvsd.decoding import speculative
+from mmvsd.decoding import collect_tokens, speculative
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, verify_greedy, verify_stochastic
 
@@ -178,7 +178,7 @@ def sample_sequences(target, prompt, drafter, n, length, temperature, top_p) -> 
     for seed in range(n):
         cfg = DecodeConfig(length, temperature, top_p, seed, TreeConfig(depth=2, top_k=3, total_tokens=5))
         steps = speculative.speculative_generate(target, drafter, prompt, cfg)
-        counts[tuple(t for s in steps for t in s.tokens)] += 1
+        counts[tuple(collect_tokens(steps))] += 1
     return counts
 
 

@@ -8,7 +8,7 @@ autoregressive_generate: the target alone, one token per forward, through the sa
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +97,6 @@ def autoregressive_generate(target: LlavaTarget, prompt: Prompt, cfg: DecodeConf
         yield Step(output.take([token]), time.perf_counter() - start)
 
 
-def collect_tokens(steps: Iterator[Step]) -> list[int]:
-    """Run a step generator to the end and return all emitted token ids."""
+def collect_tokens(steps: Iterable[Step]) -> list[int]:
+    """All token ids emitted by a run's steps (running a step generator to its end)."""
     return [token for step in steps for token in step.tokens]

@@ -50,16 +50,6 @@ class DraftTree:
     def children(self, node: int) -> list[int]:
         return self._children[node]
 
-    @property
-    def max_depth(self) -> int:
-        return int(self.depths.max())
-
-    @staticmethod
-    def chain(tokens: list[int]) -> DraftTree:
-        """A single path root -> tokens[1] -> tokens[2] ... (chain drafting is a tree too)."""
-        n = len(tokens)
-        return DraftTree(torch.tensor(tokens), torch.arange(-1, n - 1), torch.zeros(n))
-
     def to_dict(self, decode=None) -> dict:
         """JSON-friendly form (the demo draws it; `decode` maps a token id to text)."""
         tokens = self.tokens.tolist()

@@ -26,7 +26,7 @@ from lmms_eval.protocol import ChatMessages
 from mmvsd import cli, metrics
 from mmvsd.checks import check_device
 from mmvsd.config import DecodeConfig, LmmsConfig
-from mmvsd.decoding.speculative import autoregressive_generate, speculative_generate
+from mmvsd.decoding.speculative import autoregressive_generate, collect_tokens, speculative_generate
 from mmvsd.drafters import load_drafter
 from mmvsd.errors import UserError
 from mmvsd.models import load_target
@@ -74,7 +74,7 @@ class Mmvsd(lmms):
         steps = list(speculative_generate(self.target, self.drafter, prompt, cfg) if self.drafter
                      else autoregressive_generate(self.target, prompt, cfg))
         seconds = time.perf_counter() - start
-        tokens = [t for step in steps for t in step.tokens]
+        tokens = collect_tokens(steps)
         answer = self.target.decode(tokens)
         for stop in gen_kwargs.get("until") or []:
             if stop and stop in answer:

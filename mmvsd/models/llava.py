@@ -195,10 +195,6 @@ class LlavaTarget:
             layer.keys = layer.keys.index_select(2, rows)
             layer.values = layer.values.index_select(2, rows)
 
-    @property
-    def seq_len(self) -> int:
-        return self.cache.get_seq_length()
-
 
 def _count_image_tokens(processor) -> int:
     blank = Image.new("RGB", (8, 8))

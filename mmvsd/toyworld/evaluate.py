@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from mmvsd.config import DecodeConfig
-from mmvsd.decoding import autoregressive_generate
+from mmvsd.decoding import autoregressive_generate, collect_tokens
 from mmvsd.toyworld.data import truth_from_json
 from mmvsd.toyworld.facts import fact_scores, stated_facts, truth_facts
 from mmvsd.toyworld.language import SHORT_ANSWER, SINGLE_WORD
@@ -24,7 +24,7 @@ def normalize(answer: str) -> str:
 def generate(target, image, prompt: str, max_new_tokens: int) -> tuple[str, list]:
     steps = list(autoregressive_generate(target, target.encode(image, prompt, max_new_tokens),
                                          DecodeConfig(max_new_tokens=max_new_tokens)))
-    return target.decode([t for s in steps for t in s.tokens]).strip(), steps
+    return target.decode(collect_tokens(steps)).strip(), steps
 
 
 def question_items(data: Path, split: str) -> dict[str, list[dict]]:
