@@ -31,8 +31,8 @@ class RunConfig:
     """The target alone vs each drafter through lmms-eval."""
 
     target: str = opt("toy-m", "the target, as everywhere in mmvsd")
-    drafters: str = opt("runs/toy_msd/drafter", "drafter folders or kinds, comma-separated")
-    tasks: str = opt(",".join(METRICS), "lmms-eval tasks, comma-separated")
+    drafters: list[str] = opt(["runs/toy_msd/drafter"], "drafter folders or kinds")
+    tasks: list[str] = opt(list(METRICS), "lmms-eval tasks (the *_hub ones read lmms-lab's datasets)")
     limit: int = opt(50, "documents per task (0 = all)")
     tree: TreeConfig = opt(TreeConfig, "draft tree shape")
     out: str = opt("eval/lmms", "folder for report.md, acceptance_by_depth.png, summary.json and the raw runs")
@@ -43,17 +43,18 @@ def evaluate(cfg: RunConfig, name: str, model_args: str, tasks: Path) -> dict:
     from mmvsd.lmms.runner import run_lmms_eval
 
     print(f"lmms-eval: {name}", file=sys.stderr, flush=True)
-    return run_lmms_eval(model_args, cfg.tasks.split(","), tasks, Path(cfg.out) / "runs" / name, cfg.limit)
+    return run_lmms_eval(model_args, cfg.tasks, tasks, Path(cfg.out) / "runs" / name, cfg.limit)
 
 
 def main(cfg: RunConfig) -> None:
-    from mmvsd.lmms.task_files import task_folder
+    from mmvsd.lmms.task_files import TEMPLATES, task_folder
 
-    tasks = task_folder(log=lambda m: print(m, file=sys.stderr))
+    hub_only = all(task.endswith("_hub") for task in cfg.tasks)  # lmms-lab's data: no toy splits to write
+    tasks = TEMPLATES if hub_only else task_folder(log=lambda m: print(m, file=sys.stderr))
     tree = ",".join(f"tree.{key}={value}" for key, value in asdict(cfg.tree).items())
     alone = evaluate(cfg, "target_alone", f"target={cfg.target}", tasks)
     runs = {d: evaluate(cfg, f"drafter_{i}", f"target={cfg.target},drafter={d},{tree}", tasks)
-            for i, d in enumerate(cfg.drafters.split(","))}
+            for i, d in enumerate(cfg.drafters)}
     out = Path(cfg.out)
     summary = summarize(cfg, alone, runs)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -65,7 +66,7 @@ def main(cfg: RunConfig) -> None:
 
 
 def summarize(cfg: RunConfig, alone: dict, runs: dict[str, dict]) -> dict:
-    tasks = cfg.tasks.split(",")
+    tasks = cfg.tasks
 
     def scores(report: dict) -> dict:
         return {t: report["results"][t].get(f"{METRICS.get(t, 'exact_match')},none") for t in tasks}
