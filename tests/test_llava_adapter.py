@@ -120,3 +120,17 @@ def test_tiny_random_is_deterministic():
     c, _ = build_tiny_random(seed=1)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
+
+
+def test_commit_refuses_a_cache_layer_it_does_not_know():
+    """The one place that touches transformers' cache tensors fails loudly after an upgrade that
+    changes the layer type, instead of corrupting the cache."""
+    from transformers.cache_utils import DynamicLayer, StaticLayer
+
+    from mmvsd.models.llava import _keep_positions
+
+    class Cache:
+        layers = [DynamicLayer(), StaticLayer(max_cache_len=8)]
+
+    with pytest.raises(RuntimeError, match="DynamicLayer caches only, not StaticLayer"):
+        _keep_positions(Cache(), torch.arange(2))

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import transformers
 from PIL import Image
 from transformers import DynamicCache, LlavaForConditionalGeneration
+from transformers.cache_utils import DynamicLayer
 
 from mmvsd.errors import UserError
 from mmvsd.images import to_rgb
@@ -190,10 +192,21 @@ class LlavaTarget:
         if torch.equal(keep, torch.arange(len(keep), device=self.device)):
             self.cache.crop(-(n_new - len(keep)))  # a chain prefix: just drop the tail
             return
-        rows = torch.cat([torch.arange(prefix, device=self.device), prefix + keep])
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(2, rows)
-            layer.values = layer.values.index_select(2, rows)
+        _keep_positions(self.cache, torch.cat([torch.arange(prefix, device=self.device), prefix + keep]))
+
+
+def _keep_positions(cache: DynamicCache, rows: torch.Tensor) -> None:
+    """Keep only sequence positions `rows` of every layer. transformers has no public call for
+    this (`crop` cuts a tail, `batch_select_indices` picks along the batch), so this is the one
+    place that touches a layer's tensors, and it refuses a layer type it does not know rather than
+    corrupt it silently after an upgrade."""
+    unknown = {type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer}
+    if unknown:  # checked before any layer changes: a cache is never left half committed
+        raise RuntimeError(f"mmvsd commits accepted draft paths into DynamicLayer caches only, not "
+                           f"{', '.join(sorted(unknown))} (transformers {transformers.__version__})")
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(2, rows)
+        layer.values = layer.values.index_select(2, rows)
 
 
 def _count_image_tokens(processor) -> int:
