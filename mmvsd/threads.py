@@ -28,7 +28,10 @@ def configure_threads(threads: int = 0) -> int:
         omp = os.environ.get("OMP_NUM_THREADS", "")
         threads = int(omp) if omp.isdigit() and int(omp) > 0 else max(1, cores // launched)
     torch.set_num_threads(threads)
-    others = _register(threads)
+    try:
+        others = _register(threads)
+    except OSError:  # no writable temporary folder: no warning, but the run goes on
+        return threads
     total = max(threads * launched, threads + sum(others.values()))
     if total > cores:
         who = ", ".join(f"pid {pid}: {n}" for pid, n in sorted(others.items())) or f"{launched} launched together"

@@ -51,3 +51,13 @@ def test_ancestor_processes_do_not_count():
     child = subprocess.run(["sh", "-c", f"{sys.executable} -c '{code}'"], capture_output=True, text=True, timeout=120)
     assert child.returncode == 0 and f"pid {os.getpid()}:" not in child.stderr
     torch.set_num_threads(cores)
+
+
+def test_an_unwritable_registry_costs_the_warning_not_the_run(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("MMVSD_THREADS_DIR", str(tmp_path / "a_file" / "threads"))
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(1) == 1
+    finally:
+        torch.set_num_threads(before)
