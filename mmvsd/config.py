@@ -52,12 +52,21 @@ def _require_threads(config: Any) -> None:
     _require(config.threads >= 0, f"threads must be >= 0 (0 = automatic), got {config.threads}")
 
 
-def _require_layers(config: Any) -> None:
-    _require(config.target_layers >= 0, f"target_layers must be >= 0 (0 = all), got {config.target_layers}")
-    _require(config.vision_layers >= 0, f"vision_layers must be >= 0 (0 = all), got {config.vision_layers}")
-
-
 Dtype = Literal["float32", "bfloat16", "float16"]
+TARGET_HELP = "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id"
+
+
+@dataclass
+class TargetSettings:
+    """Which target, cut to how many layers: the first keys of every command that loads one."""
+
+    target: str = opt("toy-m", TARGET_HELP)
+    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
+    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
+
+    def __post_init__(self) -> None:
+        _require(self.target_layers >= 0, f"target_layers must be >= 0 (0 = all), got {self.target_layers}")
+        _require(self.vision_layers >= 0, f"vision_layers must be >= 0 (0 = all), got {self.vision_layers}")
 DEMO_EXAMPLES = 5  # toy-world images in the demo's Examples row
 
 
@@ -108,12 +117,10 @@ class DecodeConfig:
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(TargetSettings):
     """`python -m mmvsd.bench`: the target alone vs speculative decoding, same inputs, one process."""
 
-    target: str = opt("tiny-random", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
-    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
-    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
+    target: str = opt("tiny-random", TARGET_HELP)
     drafter: str = opt("eagle", lambda: f"a drafter folder or shipped drafter, or a kind ({', '.join(_drafter_kinds())}) "
                                         "for an untrained one")
     data: str | None = opt(None, 'JSONL of {"image": path, "prompt": text}; default: built-in examples')
@@ -135,7 +142,7 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         _require(self.n >= 1, f"n must be >= 1, got {self.n}")
-        _require_layers(self)
+        super().__post_init__()
         _require_threads(self)
         self.decode  # validates the decoding knobs
 
@@ -145,12 +152,9 @@ class BenchConfig:
 
 
 @dataclass
-class LmmsConfig:
+class LmmsConfig(TargetSettings):
     """`python -m lmms_eval --model mmvsd --model_args key=value,...`: the bench's keys, comma-separated."""
 
-    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
-    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
-    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
     drafter: str | None = opt(None, "a drafter folder, shipped drafter or kind; absent: the target alone")
     temperature: float = opt(0.0, "0 = greedy; > 0 samples (a task's generation_kwargs override it)")
     top_p: float = opt(1.0, "nucleus sampling on the target side (a task's generation_kwargs override it)")
@@ -162,18 +166,15 @@ class LmmsConfig:
     threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores)")
 
     def __post_init__(self) -> None:
-        _require_layers(self)
+        super().__post_init__()
         _require_threads(self)
         DecodeConfig(1, self.temperature, self.top_p, self.seed, self.tree)  # validates the decoding knobs
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(TargetSettings):
     """`mmvsd demo` (or `python demo/app.py`): the Gradio demo."""
 
-    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
-    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
-    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
     drafter: str | None = opt(None, "a drafter folder, shipped drafter or kind (default: the MSD drafter shipped for "
                                     "the toy target, or one trained once for another target)")
     tree: TreeConfig = opt(TreeConfig, "the tree sliders' starting shape")
@@ -189,7 +190,7 @@ class DemoConfig:
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
-        _require_layers(self)
+        super().__post_init__()
         _require_threads(self)
         _require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _require(0 <= self.example < DEMO_EXAMPLES, f"example must be in 0..{DEMO_EXAMPLES - 1}, got {self.example}")
@@ -224,12 +225,9 @@ class VsdConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TargetSettings):
     """`python -m mmvsd.train recipe=NAME`: train a drafter on a target's own features."""
 
-    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
-    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
-    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
     drafter: str = opt("msd", lambda: f"a drafter kind ({', '.join(_drafter_kinds())}) to start untrained, or a "
                                       "drafter folder")
     output_dir: str | None = opt(None, "where the run is written (default runs/train)")
@@ -276,7 +274,7 @@ class TrainConfig:
         _require_finite(self)
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "max_length", "eval_max_new_tokens"):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        _require_layers(self)
+        super().__post_init__()
         _require_threads(self)
         _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         for name in ("warmup_steps", "weight_decay", "regression_weight", "token_weight"):

@@ -20,17 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmvsd import cli
-from mmvsd.config import Dtype, opt
+from mmvsd.config import Dtype, TargetSettings, opt
 from mmvsd.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclass
-class AnswersConfig:
-    target: str = opt("toy-m", "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id")
-    target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
-    vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
+class AnswersConfig(TargetSettings):
     out: str = opt("data/answers", "output folder: answers.jsonl (+ images/ for toy-world images)")
     images: str | None = opt(None, "a folder of images to answer about; default: fresh toy-world images")
     n: int = opt(200, "answer at most this many images")
@@ -44,10 +41,11 @@ class AnswersConfig:
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.n < 1 or self.max_new_tokens < 1:
             raise UserError("n and max_new_tokens must be >= 1")
-        if min(self.target_layers, self.vision_layers, self.threads) < 0:
-            raise UserError("target_layers, vision_layers and threads must be >= 0 (0 = all / automatic)")
+        if self.threads < 0:
+            raise UserError(f"threads must be >= 0 (0 = automatic), got {self.threads}")
 
 
 def main(cfg: AnswersConfig) -> None:
