@@ -74,11 +74,7 @@ def check_output_dir(path: str | os.PathLike, key: str) -> Path:
 
 def mmvsd_home() -> Path:
     """$MMVSD_HOME (default ~/.cache/mmvsd): toy builds, datasets, task files; checked writable."""
-    home = Path(os.environ.get("MMVSD_HOME", "~/.cache/mmvsd")).expanduser()
-    if home.exists() and not home.is_dir():
-        raise UserError(f"MMVSD_HOME={home} is a file, not a folder; point MMVSD_HOME at a writable folder")
-    _check_creatable(home, f"MMVSD_HOME={home}")
-    return home
+    return check_output_dir(os.environ.get("MMVSD_HOME", "~/.cache/mmvsd"), "MMVSD_HOME")
 
 
 def _check_creatable(folder: Path, what: str) -> None:
