@@ -48,11 +48,12 @@ def _require_finite(config: Any, prefix: str = "") -> None:
             raise UserError(f"{prefix}{f.name} must be a finite number, got {value}")
 
 
-def _require_threads(config: Any) -> None:
-    _require(config.threads >= 0, f"threads must be >= 0 (0 = automatic), got {config.threads}")
+def require_threads(threads: int) -> None:
+    _require(threads >= 0, f"threads must be >= 0 (0 = automatic), got {threads}")
 
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+THREADS_HELP = "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores shared by running mmvsd processes)"
 TARGET_HELP = "tiny-random | toy-s | toy-m | random:llava-1.5-7b|13b | a local folder | a hub id"
 
 
@@ -63,10 +64,16 @@ class TargetSettings:
     target: str = opt("toy-m", TARGET_HELP)
     target_layers: int = opt(0, "random:* targets: keep the first N language-model layers (0 = all)")
     vision_layers: int = opt(0, "random:* targets: keep the first N vision-tower layers (0 = all)")
+    dtype: Dtype = opt("float32", "weights and activations dtype")
+    device: str = opt("cpu", "torch device, e.g. cpu or cuda (under accelerate launch: each process's own)")
+    threads: int = opt(0, THREADS_HELP)
 
     def __post_init__(self) -> None:
         _require(self.target_layers >= 0, f"target_layers must be >= 0 (0 = all), got {self.target_layers}")
         _require(self.vision_layers >= 0, f"vision_layers must be >= 0 (0 = all), got {self.vision_layers}")
+        require_threads(self.threads)
+
+
 DEMO_EXAMPLES = 5  # toy-world images in the demo's Examples row
 
 
@@ -133,17 +140,12 @@ class BenchConfig(TargetSettings):
     json: str | None = opt(None, "write the results to this JSON file")
     assistant: str | None = opt(None, "peer: also time transformers' assisted generation with this small "
                                       "LLaVA (e.g. toy-s) as assistant_model, on the same inputs")
-    dtype: Dtype = opt("float32", "weights and activations dtype")
-    device: str = opt("cpu", "torch device, e.g. cpu or cuda")
     download: bool = opt(False, "allow fetching a hub id that is not in the local cache")
-    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores shared among the processes "
-                          "launched together)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
         _require(self.n >= 1, f"n must be >= 1, got {self.n}")
         super().__post_init__()
-        _require_threads(self)
         self.decode  # validates the decoding knobs
 
     @property
@@ -160,14 +162,10 @@ class LmmsConfig(TargetSettings):
     top_p: float = opt(1.0, "nucleus sampling on the target side (a task's generation_kwargs override it)")
     seed: int = opt(0, "seed of the sampler and of an untrained drafter")
     tree: TreeConfig = opt(TreeConfig, "draft tree shape")
-    dtype: Dtype = opt("float32", "weights and activations dtype")
-    device: str = opt("cpu", "torch device, e.g. cpu or cuda")
     download: bool = opt(False, "allow fetching a hub id that is not in the local cache")
-    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require_threads(self)
         DecodeConfig(1, self.temperature, self.top_p, self.seed, self.tree)  # validates the decoding knobs
 
 
@@ -184,14 +182,10 @@ class DemoConfig(TargetSettings):
     example: int = opt(0, f"the example autorun runs (0..{DEMO_EXAMPLES - 1})")
     host: str = opt("127.0.0.1", "address to listen on (this machine only; any other prints a warning)")
     port: int = opt(7860, "port to listen on")
-    dtype: Dtype = opt("float32", "weights and activations dtype")
-    device: str = opt("cpu", "torch device, e.g. cpu or cuda")
-    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require_threads(self)
         _require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _require(0 <= self.example < DEMO_EXAMPLES, f"example must be in 0..{DEMO_EXAMPLES - 1}, got {self.example}")
         _require(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}")
@@ -262,12 +256,8 @@ class TrainConfig(TargetSettings):
     eval_n: int = opt(8, "held-out toy images for eval.json (0 = skip)")
     eval_max_new_tokens: int = opt(96, "tokens per held-out answer in eval.json")
     tree: TreeConfig = opt(TreeConfig, "draft tree shape used by eval.json")
-    dtype: Dtype = opt("float32", "target weights dtype")
-    device: str = opt("cpu", "torch device for the target and drafter (accelerate picks it under launch)")
     launch_config: str | None = opt(None, "dry_run: check this accelerate config (fsdp, deepspeed or a YAML path) and "
                                           "estimate batch and memory for its processes")
-    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores shared among the processes "
-                          "launched together)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
@@ -275,7 +265,6 @@ class TrainConfig(TargetSettings):
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "max_length", "eval_max_new_tokens"):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         super().__post_init__()
-        _require_threads(self)
         _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         for name in ("warmup_steps", "weight_decay", "regression_weight", "token_weight"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")

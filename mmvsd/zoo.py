@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mmvsd import cli
 from mmvsd.checks import check_output_dir, mmvsd_home
-from mmvsd.config import opt
+from mmvsd.config import THREADS_HELP, opt, require_threads
 from mmvsd.errors import UserError
 
 
@@ -34,9 +34,11 @@ class ZooConfig:
     force: bool = opt(False, "rebuild even if the target is already built")
     ship: bool = opt(False, "`build`: copy the built target into the package (mmvsd/weights/targets)")
     remeasure: int = opt(0, "`report`: measure again now on this many held-out questions per family (0: no)")
-    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores shared among the processes "
-                          "launched together)")
+    threads: int = opt(0, THREADS_HELP)
     dry_run: bool = opt(False, "print the resolved config and exit")
+
+    def __post_init__(self) -> None:
+        require_threads(self.threads)
 
 
 def format_report(name: str, report: dict) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmvsd import cli
-from mmvsd.config import Dtype, TargetSettings, opt
+from mmvsd.config import TargetSettings, opt
 from mmvsd.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -34,18 +34,12 @@ class AnswersConfig(TargetSettings):
     prompt: str = opt("Describe the image in detail.", "the request sent with every image")
     max_new_tokens: int = opt(256, "longest answer")
     seed: int = opt(0, "seed of the toy-world image stream")
-    dtype: Dtype = opt("float32", "target weights dtype")
-    device: str = opt("cpu", "torch device")
-    threads: int = opt(0, "CPU threads for torch (0 = OMP_NUM_THREADS, else the cores shared among the processes "
-                          "launched together)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n < 1 or self.max_new_tokens < 1:
             raise UserError("n and max_new_tokens must be >= 1")
-        if self.threads < 0:
-            raise UserError(f"threads must be >= 0 (0 = automatic), got {self.threads}")
 
 
 def main(cfg: AnswersConfig) -> None:
