@@ -73,7 +73,7 @@ def random_probe(rng: random.Random):
 
 def probe(cfg: ProbeConfig) -> dict:
     from mmvsd.models import load_target
-    from mmvsd.toyworld.evaluate import generate, normalize
+    from mmvsd.toyworld.targets.evaluate import generate, normalize
 
     target = load_target(cfg.target)
     rng = random.Random(f"unseen-{cfg.seed}")

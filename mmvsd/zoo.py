@@ -71,7 +71,7 @@ def format_report(name: str, report: dict) -> str:
 
 def report_folder(name: str, home: Path | None) -> Path:
     """The folder whose report `zoo report NAME` shows: a toy target's, or any folder with a report."""
-    from mmvsd.toyworld.build import TOY_SPECS, is_current, shipped_target_dir, target_dir
+    from mmvsd.toyworld.targets.build import TOY_SPECS, is_current, shipped_target_dir, target_dir
 
     if name in TOY_SPECS:
         for folder in (shipped_target_dir(name), target_dir(name, home)):
@@ -87,7 +87,7 @@ def report_folder(name: str, home: Path | None) -> Path:
 
 
 def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
-    from mmvsd.toyworld.build import TOY_SPECS, build_target, is_built, is_current, ship, shipped_target_dir, target_dir
+    from mmvsd.toyworld.targets.build import TOY_SPECS, build_target, is_built, is_current, ship, shipped_target_dir, target_dir
 
     home = check_output_dir(cfg.home, "home") if cfg.home else None
     if command in ("build", "tasks"):
@@ -116,8 +116,8 @@ def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
             print(format_report(name, report))
             if cfg.remeasure > 0:
                 from mmvsd.models import load_target
-                from mmvsd.toyworld.build import ensure_datasets
-                from mmvsd.toyworld.evaluate import evaluate_target
+                from mmvsd.toyworld.targets.build import ensure_datasets
+                from mmvsd.toyworld.targets.evaluate import evaluate_target
 
                 fresh = evaluate_target(load_target(str(folder)), ensure_datasets(home), cfg.remeasure,
                                         max(2, cfg.remeasure // 4))

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from mmvsd.toyworld.build import DIGESTED, TOY_SPECS, _spec_record, is_current, sha256, shipped_target_dir
+from mmvsd.toyworld.targets.build import DIGESTED, TOY_SPECS, _spec_record, is_current, sha256, shipped_target_dir
 
 SHIPPED = [name for name in TOY_SPECS if (shipped_target_dir(name) / "build.json").is_file()]
 
@@ -49,7 +49,7 @@ def test_toy_m_has_llava_15_image_geometry():
 
 
 def _ask(target, image, prompt: str) -> str:
-    from mmvsd.toyworld.evaluate import generate, normalize
+    from mmvsd.toyworld.targets.evaluate import generate, normalize
 
     return normalize(generate(target, image, prompt, 6)[0])
 
@@ -104,8 +104,8 @@ def test_ordinary_phrasings_get_an_answer_word_first(shipped, template, answers)
 def test_shipped_report_still_measures(name):
     """Re-measure a few held-out families on a small sample: within noise of the recorded report."""
     from mmvsd.models import load_target
-    from mmvsd.toyworld.build import ensure_datasets
-    from mmvsd.toyworld.evaluate import generate, normalize, question_items
+    from mmvsd.toyworld.targets.build import ensure_datasets
+    from mmvsd.toyworld.targets.evaluate import generate, normalize, question_items
 
     recorded = json.loads((shipped_target_dir(name) / "report.json").read_text())["families"]
     target = load_target(name)

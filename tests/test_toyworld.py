@@ -16,7 +16,7 @@ from mmvsd.toyworld.data import (Sample, build_datasets, description, questions,
 from mmvsd.toyworld.facts import stated_facts, truth_facts
 from mmvsd.toyworld.scenes import random_scene
 from mmvsd.toyworld.tokenizer import train_tokenizer
-from mmvsd.toyworld.vision import targets_for
+from mmvsd.toyworld.targets.vision import targets_for
 
 SMALL = {"train": 12, "validation": 6, "test": 6}
 
@@ -174,7 +174,7 @@ def test_patch_targets_mark_the_objects():
 
 def test_set_targets_state_each_fact_once_and_leave_ambiguous_ones_out():
     from mmvsd.toyworld.scenes import KINDS, Scene, Shape
-    from mmvsd.toyworld.vision import IGNORE, OBJECTS
+    from mmvsd.toyworld.targets.vision import IGNORE, OBJECTS
 
     scene = Scene((Shape("triangle", "red", "small", 0.15, 0.15), Shape("triangle", "blue", "large", 0.85, 0.85),
                    Shape("circle", "red", "large", 0.5, 0.5)), "grey")
@@ -195,7 +195,7 @@ def test_set_targets_state_each_fact_once_and_leave_ambiguous_ones_out():
 def test_ground_truth_features_say_what_covers_each_patch():
     """Recolouring the star changes exactly the star's patches; on a coarse grid no shape is lost."""
     from mmvsd.toyworld.scenes import Scene, Shape
-    from mmvsd.toyworld.vision import TruthFeatures, collate_targets
+    from mmvsd.toyworld.targets.vision import TruthFeatures, collate_targets
 
     scene = Scene((Shape("star", "red", "large", 0.2, 0.2), Shape("circle", "blue", "small", 0.8, 0.5)), "grey")
     recoloured = Scene((Shape("star", "green", "large", 0.2, 0.2), scene.shapes[1]), "grey")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmvsd.toyworld.build import TOY_SPECS, build_target, data_dir, is_built
+from mmvsd.toyworld.targets.build import TOY_SPECS, build_target, data_dir, is_built
 from mmvsd.toyworld.data import build_datasets
 
 MICRO = dataclasses.replace(TOY_SPECS["toy-s"], name="micro-a", vision_hidden=32, vision_layers=2, hidden=64,
@@ -70,7 +70,7 @@ def zoo(*args, home=None):
 
 def test_a_grown_target_starts_as_the_small_one_and_builds(home, monkeypatch):
     """Depth up-scaling: the doubled model computes exactly what the small one does, then trains on."""
-    from mmvsd.toyworld import build
+    from mmvsd.toyworld.targets import build
 
     small_model = build._Builder(MICRO, home / "w-small", home, lambda m: None).model
     torch.nn.init.normal_(small_model.model.language_model.layers[0].mlp.down_proj.weight, std=0.05)
@@ -122,7 +122,7 @@ def toy_s():
 @pytest.mark.slow
 def test_toy_s_beats_image_blind_answers_on_held_out_questions(toy_s):
     """The same questions about the right image and about another one: only looking gets them right."""
-    from mmvsd.toyworld.evaluate import generate, normalize, question_items
+    from mmvsd.toyworld.targets.evaluate import generate, normalize, question_items
 
     items = question_items(data_dir(), "test")
     right = blind = n = 0
@@ -144,7 +144,7 @@ def test_image_blind_descriptions_get_the_image_words_wrong(toy_s):
     from datasets import load_from_disk
 
     from mmvsd.toyworld.data import truth_from_json
-    from mmvsd.toyworld.evaluate import description_word_accuracy, generate
+    from mmvsd.toyworld.targets.evaluate import description_word_accuracy, generate
     from mmvsd.toyworld.facts import fact_scores, stated_facts, truth_facts
 
     rows = load_from_disk(str(data_dir() / "descriptions"))["test"].select(range(16))

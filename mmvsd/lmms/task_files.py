@@ -27,7 +27,7 @@ def task_folder(home: Path | None = None, datasets: Path | None = None, log=prin
     found again afterwards. `datasets` is a toy-world dataset folder (default: the shared one)."""
     from mmvsd.checks import mmvsd_home
     from mmvsd.files import cache_lock
-    from mmvsd.toyworld.build import ensure_datasets
+    from mmvsd.toyworld.targets.build import ensure_datasets
     from mmvsd.toyworld.data import DATA_VERSION, export_test_parquet
 
     digest = hashlib.sha256(f"data-v{DATA_VERSION}".encode())

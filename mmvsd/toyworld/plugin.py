@@ -7,7 +7,7 @@ import functools
 import random
 import sys
 
-from mmvsd.toyworld.build import TOY_SPECS, find_target
+from mmvsd.toyworld.targets.build import TOY_SPECS, find_target
 from mmvsd.toyworld.data import random_sample, training_conversation
 from mmvsd.toyworld.language import DESCRIBE_PROMPTS
 

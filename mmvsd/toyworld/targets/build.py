@@ -131,7 +131,7 @@ def _spec_record(spec: ToySpec) -> dict:
 
 
 # Trained toy targets and drafters ship inside the package, so nobody waits for a build.
-SHIPPED = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED = Path(__file__).resolve().parents[2] / "weights"
 DIGESTED = ("model.safetensors", "tokenizer.json")
 
 
@@ -241,7 +241,7 @@ def _build(spec: ToySpec, out: Path, home: Path | None, log) -> Path:
 class _Builder:
     def __init__(self, spec: ToySpec, work: Path, home: Path, log):
         from mmvsd.models.tiny import llava_processor
-        from mmvsd.toyworld.vision import TruthFeatures
+        from mmvsd.toyworld.targets.vision import TruthFeatures
 
         self.spec, self.work, self.log = spec, work, log
         self.grid = spec.image_size // spec.patch_size
@@ -303,7 +303,7 @@ class _Builder:
                 for x in samples]
 
     def _targets(self, samples, grid: int) -> dict[str, torch.Tensor]:
-        from mmvsd.toyworld.vision import collate_targets, targets_for
+        from mmvsd.toyworld.targets.vision import collate_targets, targets_for
 
         return collate_targets([targets_for(x.truth, grid * 8, grid) for x in samples])
 
@@ -384,7 +384,7 @@ class _Builder:
     def train_tower(self) -> None:
         """The CLIP tower learns to output the ground-truth features from pixels (regression on
         LLaVA's feature layer), at the target's own geometry; images drawn at other sizes too."""
-        from mmvsd.toyworld.vision import tower_features
+        from mmvsd.toyworld.targets.vision import tower_features
 
         s = self.spec
         tower, layer = self.model.model.vision_tower, self.model.config.vision_feature_layer
@@ -412,7 +412,7 @@ class _Builder:
         """Projector + LM on the tower's own features, at the real number of image tokens, the
         tower frozen. A shuffled-image control: the held-out loss with each image swapped for
         another must be clearly worse."""
-        from mmvsd.toyworld.vision import tower_features
+        from mmvsd.toyworld.targets.vision import tower_features
 
         s = self.spec
         tower, layer = self.model.model.vision_tower, self.model.config.vision_feature_layer
@@ -449,7 +449,7 @@ class _Builder:
 
     def evaluate(self) -> dict:
         from mmvsd.models.llava import LlavaTarget
-        from mmvsd.toyworld.evaluate import evaluate_target
+        from mmvsd.toyworld.targets.evaluate import evaluate_target
 
         target = LlavaTarget(self.model, self.processor, self.spec.name)
         return evaluate_target(target, self.data, self.spec.eval_per_family, self.spec.eval_descriptions)
@@ -514,7 +514,11 @@ def _corpus(seed: int, n: int = 3000) -> list[str]:
 
 def _train(name: str, module: torch.nn.Module, steps: int, make_batch, loss_fn, lr: float, checkpoint: Path,
            control=None, control_every: int = 0, checkpoint_every: int = 50) -> None:
-    """A resumable loop: batches are a function of the step, so a restart sees the same data."""
+    """A resumable loop: batches are a function of the step, so a restart sees the same data.
+
+    It shares mmvsd.train's optimizer, schedule and atomic checkpoints but not its `Run`: this
+    trains a target (its own modules and stage losses, one process), not a drafter under accelerate,
+    and the shipped weights are this loop's exact output."""
     optimizer = build_optimizer(module.parameters(), lr, weight_decay=0.01)
     start = 0
     state = load_checkpoint(checkpoint)
