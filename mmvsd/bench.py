@@ -25,6 +25,8 @@ from mmvsd import cli, metrics
 from mmvsd.checks import check_device, check_output_file
 from mmvsd.config import BenchConfig
 from mmvsd.decoding import Step, autoregressive_generate, collect_tokens, speculative_generate
+from mmvsd.decoding.speculative import PHASES
+from mmvsd.drafters.oracle import OracleDrafter
 from mmvsd.errors import UserError
 from mmvsd.images import load_image
 
@@ -146,7 +148,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         check_output_file(cfg.json, "json")
     requests = read_requests(cfg.data, cfg.n) if cfg.data else builtin_requests(cfg.n, cfg.seed)
     target = load_target(cfg.target, cfg.dtype, cfg.device, cfg.download, cfg.target_layers, cfg.vision_layers)
-    drafter = load_drafter(cfg.drafter, target, cfg.seed)
+    drafter = (OracleDrafter(target.vocab_size, cfg.oracle.accept, cfg.seed) if cfg.drafter == "oracle"
+               else load_drafter(cfg.drafter, target, cfg.seed))
     assistant = load_assistant(cfg, target) if cfg.assistant else None  # refused before any timing
     prompts = []
     for request in requests:
@@ -163,7 +166,8 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     decode = cfg.decode
     warm = replace(decode, max_new_tokens=min(8, decode.max_new_tokens))
-    list(autoregressive_generate(target, prompts[0][1], warm))  # first calls pay one-off costs
+    expect = drafter.expect if isinstance(drafter, OracleDrafter) else lambda tokens: None
+    expect(collect_tokens(autoregressive_generate(target, prompts[0][1], warm)))  # first calls pay one-off costs
     list(speculative_generate(target, drafter, prompts[0][1], warm))
 
     results = []
@@ -171,10 +175,11 @@ def run_bench(cfg: BenchConfig) -> dict:
         start = time.perf_counter()
         baseline = list(autoregressive_generate(target, prompt, decode))
         baseline_s = time.perf_counter() - start
+        base_tokens = collect_tokens(baseline)
+        expect(base_tokens)
         start = time.perf_counter()
         speculative = list(speculative_generate(target, drafter, prompt, decode))
         speculative_s = time.perf_counter() - start
-        base_tokens = collect_tokens(baseline)
         spec_tokens = collect_tokens(speculative)
         identical = base_tokens == spec_tokens if decode.temperature == 0 else None
         results.append(Result(request.name, request.prompt, target.decode(spec_tokens), identical,
@@ -231,10 +236,10 @@ def assisted_peer(cfg: BenchConfig, target, assistant, prompts: list, results: l
 
 def summarize(cfg: BenchConfig, results: list[Result], errors: list[dict]) -> dict:
     spec_steps = [s for r in results for s in r.speculative if s.tree is not None]
-    decode_steps = [s.seconds for r in results for s in r.baseline[1:]]  # [0] is the prefill
     base_tps = metrics.tokens_per_second(sum(r.n_base_tokens for r in results), sum(r.baseline_s for r in results))
     spec_tps = metrics.tokens_per_second(sum(r.n_tokens for r in results), sum(r.speculative_s for r in results))
     identical = [r.identical for r in results if r.identical is not None]
+    phases = {phase: metrics.median_ms([s.phases[phase] for s in spec_steps]) for phase in PHASES}
     return {
         "target": cfg.target, "drafter": cfg.drafter,
         "speedup": spec_tps / base_tps,
@@ -246,9 +251,12 @@ def summarize(cfg: BenchConfig, results: list[Result], errors: list[dict]) -> di
         "identical_outputs": all(identical) if identical else None,
         "n_prompts": len(results),
         "errors": errors,
-        "decode_step_ms": metrics.median_ms(decode_steps),
-        "verify_step_ms": metrics.median_ms([s.verify_seconds for s in spec_steps]),
-        "draft_step_ms": metrics.median_ms([s.draft_seconds for s in spec_steps]),
+        "prefill_ms": metrics.median_ms([r.speculative[0].seconds for r in results]),
+        "decode_step_ms": metrics.median_ms([s.seconds for r in results for s in r.baseline[1:]]),  # [0]: prefill
+        "verify_step_ms": phases["verify"],
+        "draft_step_ms": phases["draft"],
+        "step_ms": phases,
+        **metrics.engine_efficiency([r.baseline for r in results], [r.speculative for r in results]),
         "tree_nodes": sum(len(s.tree) for s in spec_steps) / max(1, len(spec_steps)),
         "per_input": [r.to_dict() for r in results],
         "config": asdict(cfg),
@@ -256,19 +264,23 @@ def summarize(cfg: BenchConfig, results: list[Result], errors: list[dict]) -> di
 
 
 def print_report(report: dict) -> None:
+    steps = report["step_ms"]
     rows = [
         ("inputs", f"{report['n_prompts']} used, {len(report['errors'])} skipped"),
         ("target alone", f"{report['baseline_tokens_per_s']:.1f} tokens/s"),
         ("speculative", f"{report['speculative_tokens_per_s']:.1f} tokens/s"),
-        ("speed-up", f"{report['speedup']:.2f}x"),
+        ("speed-up", f"{report['speedup']:.2f}x (decoding alone, prefill excluded: {report['decode_speedup']:.2f}x)"),
         ("tau (incl. bonus)", f"{report['tau']:.2f} tokens per target forward"),
         ("acceptance by depth", " ".join(f"{a:.2f}" for a in report["acceptance_by_depth"])),
         ("identical outputs", {True: "yes", False: "NO - lossless contract broken", None: "n/a (sampling)"}[
             report["identical_outputs"]]),
+        ("prefill", f"{report['prefill_ms']:.1f} ms (image + prompt)"),
         ("decode step", f"{report['decode_step_ms']:.2f} ms (target, 1 token)"),
         ("verify step", f"{report['verify_step_ms']:.2f} ms ({report['tree_nodes']:.0f} tree tokens, "
                         f"{report['verify_step_ms'] / report['decode_step_ms']:.2f}x a decode step)"),
-        ("draft step", f"{report['draft_step_ms']:.2f} ms (whole tree)"),
+        ("step breakdown", " | ".join(f"{phase} {steps[phase]:.2f}" for phase in PHASES) + " ms (medians)"),
+        ("engine efficiency", f"{report['engine_efficiency']:.2f} = decode speed-up / (tau x t_decode / "
+                              f"(t_verify + t_draft) = {report['speedup_limit']:.2f}x)"),
     ]
     if "assisted" in report:
         peer = report["assisted"]

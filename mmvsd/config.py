@@ -124,12 +124,25 @@ class DecodeConfig:
 
 
 @dataclass
+class OracleConfig:
+    """`drafter=oracle` (bench only): proposes the target's own greedy continuation, drafting for free."""
+
+    accept: float = opt(1.0, "chance that each proposed token is the target's own (sets tau: a chain of depth D "
+                             "accepts 1 + p + ... + p^D tokens per step)")
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.accept, (int, float)) and 0 < self.accept <= 1,
+                 f"oracle.accept must be in (0, 1], got {self.accept}")
+
+
+@dataclass
 class BenchConfig(TargetSettings):
     """`python -m mmvsd.bench`: the target alone vs speculative decoding, same inputs, one process."""
 
     target: str = opt("tiny-random", TARGET_HELP)
-    drafter: str = opt("eagle", lambda: f"a drafter folder or shipped drafter, or a kind ({', '.join(_drafter_kinds())}) "
-                                        "for an untrained one")
+    drafter: str = opt("eagle", lambda: f"a drafter folder or shipped drafter, a kind ({', '.join(_drafter_kinds())}) "
+                                        "for an untrained one, or oracle (the engine's cost alone)")
+    oracle: OracleConfig = opt(OracleConfig, "drafter=oracle: how often its proposals are right")
     data: str | None = opt(None, 'JSONL of {"image": path, "prompt": text}; default: built-in examples')
     n: int = opt(8, "use at most this many inputs")
     max_new_tokens: int = opt(64, "tokens to generate at most per answer")
@@ -147,6 +160,8 @@ class BenchConfig(TargetSettings):
         _require(self.n >= 1, f"n must be >= 1, got {self.n}")
         super().__post_init__()
         self.decode  # validates the decoding knobs
+        _require(self.drafter != "oracle" or self.temperature == 0,
+                 "drafter=oracle replays the target's greedy output: use it with temperature=0")
 
     @property
     def decode(self) -> DecodeConfig:

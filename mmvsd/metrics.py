@@ -38,3 +38,22 @@ def tokens_per_second(n_tokens: int, seconds: float) -> float:
 
 def median_ms(values: Sequence[float]) -> float:
     return 1000 * median(values) if values else float("nan")
+
+
+def engine_efficiency(baselines: Sequence[Sequence[Step]], speculatives: Sequence[Sequence[Step]]) -> dict[str, float]:
+    """How close the engine comes to the method's speed limit, decoding only (prefill steps left out).
+
+    The limit: each verification costs t_verify + t_draft and yields tau tokens, where the target
+    alone pays t_decode per token, so speed-up <= tau x t_decode / (t_verify + t_draft) (medians of
+    the same run). What the engine adds on top (tree masks, acceptance, commits, bookkeeping)
+    makes `engine_efficiency` = measured decode speed-up / limit fall below 1.
+    """
+    base = [s for steps in baselines for s in steps[1:]]
+    spec = [s for steps in speculatives for s in steps[1:]]
+    if not base or not spec:
+        return {"decode_speedup": float("nan"), "speedup_limit": float("nan"), "engine_efficiency": float("nan")}
+    speedup = (sum(len(s.tokens) for s in spec) / sum(s.seconds for s in spec)) / \
+              (sum(len(s.tokens) for s in base) / sum(s.seconds for s in base))
+    t_decode = median(s.seconds for s in base)
+    limit = tau(spec) * t_decode / (median(s.phases["verify"] for s in spec) + median(s.phases["draft"] for s in spec))
+    return {"decode_speedup": speedup, "speedup_limit": limit, "engine_efficiency": speedup / limit}

@@ -122,15 +122,25 @@ def test_tiny_random_is_deterministic():
     assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
 
 
-def test_commit_refuses_a_cache_layer_it_does_not_know():
-    """The one place that touches transformers' cache tensors fails loudly after an upgrade that
-    changes the layer type, instead of corrupting the cache."""
-    from transformers.cache_utils import DynamicLayer, StaticLayer
+@pytest.mark.parametrize("headroom", [0, 512])
+def test_the_cache_outgrows_its_storage_without_changing_results(tiny_target, rng, monkeypatch, headroom):
+    """Storage is allocated once at prefill; a tree that does not fit doubles it, in place of
+    failing, and what the model computes from it is unchanged."""
+    import mmvsd.models.llava as llava
 
-    from mmvsd.models.llava import _keep_positions
-
-    class Cache:
-        layers = [DynamicLayer(), StaticLayer(max_cache_len=8)]
-
-    with pytest.raises(RuntimeError, match="DynamicLayer caches only, not StaticLayer"):
-        _keep_positions(Cache(), torch.arange(2))
+    monkeypatch.setattr(llava, "CACHE_HEADROOM", headroom)
+    target = tiny_target
+    prompt = target.encode(random_image(rng), random_prompt(rng))
+    target.prefill(prompt)
+    layer = target.cache.layers[0]
+    capacity = layer.capacity
+    tree = random_tree(rng, target.vocab_size, 10)
+    tree.tokens = torch.tensor(text_tokens(target, rng, 10))
+    target.forward(tree.tokens, tree.depths, tree.ancestors)
+    assert (layer.capacity > capacity) == (headroom == 0)
+    path = path_to(tree, 9)
+    target.commit(len(tree), torch.tensor(path))
+    nxt = text_tokens(target, rng, 1)
+    logits, _ = target.forward(torch.tensor(nxt), torch.zeros(1, dtype=torch.long))
+    assert torch.allclose(logits[0], reference_logits(target, prompt, tree.tokens[path].tolist() + nxt)[-1], atol=1e-5)
+    assert layer.keys.data_ptr() == target.cache.layers[0].keys.data_ptr()  # commits move rows, never reallocate

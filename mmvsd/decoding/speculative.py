@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,21 +20,44 @@ from mmvsd.drafters.base import Drafter, make_pairs
 from mmvsd.models.llava import LlavaTarget, Prompt
 
 
+PHASES = ("draft", "tree", "verify", "accept", "commit", "other")  # of a speculative step, in order
+
+
 @dataclass
 class Step:
     """One target forward pass and what it emitted."""
 
     tokens: list[int]  # emitted by this step, cut at EOS / max_new_tokens
-    seconds: float  # wall time of the whole step (drafting + verification)
+    seconds: float  # wall time of the whole step
     tree: DraftTree | None = None  # None for the prefill step and for autoregressive steps
     path: list[int] | None = None  # accepted node indices, root (0) first
-    draft_seconds: float = 0.0
-    verify_seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per PHASES entry (speculative steps)
 
     @property
     def accepted(self) -> int:
         """Draft tokens accepted (the bonus token excluded)."""
         return 0 if self.path is None else len(self.path) - 1
+
+
+class _Clock:
+    """Seconds per phase of a step. On a GPU it waits for the device at each lap, so a phase owns
+    the kernels it launched (otherwise the first phase that reads a result pays for them all)."""
+
+    def __init__(self, device: torch.device):
+        self.wait = torch.cuda.synchronize if device.type == "cuda" else None
+        self.start = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        if self.wait:
+            self.wait()
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return self.last - self.start
 
 
 class _Output:
@@ -59,28 +82,34 @@ def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt,
                          cfg: DecodeConfig) -> Iterator[Step]:
     generator = torch.Generator().manual_seed(cfg.seed)
     output = _Output(target, cfg)
-    start = time.perf_counter()
+    clock = _Clock(target.device)
     prefill = target.prefill(prompt)  # logits [V], hidden [T, H]
     root = sample(prefill.logits, cfg.temperature, cfg.top_p, generator)
-    yield Step(output.take([root]), time.perf_counter() - start)
+    clock.lap("prefill")
+    yield Step(output.take([root]), clock.total, phases=clock.phases)
     state = drafter.begin(prompt.input_ids, prefill)
-    features, tokens = make_pairs(prefill.hidden, torch.cat([prompt.input_ids, prompt.input_ids.new_tensor([root])]))
+    hidden, kept = prefill.hidden, torch.cat([prompt.input_ids, prompt.input_ids.new_tensor([root])])
     while not output.done:  # the newest pair always ends on the newest token: the next tree's root
-        start = time.perf_counter()
+        clock = _Clock(target.device)
+        features, tokens = make_pairs(hidden, kept)
         tree = drafter.propose(state, features, tokens, cfg.tree)  # tree.tokens[0] == root
-        drafted = time.perf_counter()
-        logits, hidden = target.forward(tree.tokens.to(target.device), tree.depths.to(target.device),
-                                        tree.ancestors)  # [N, V], [N, H]
+        clock.lap("draft")
+        positions, mask = target.tree_inputs(tree.depths, tree.ancestors)
+        clock.lap("tree")
+        logits, hidden = target.verify(tree.tokens, positions, mask)  # [N, V], [N, H]
+        clock.lap("verify")
         if cfg.temperature == 0:
             path, bonus = verify_greedy(tree, logits)
         else:
             probs = logits_to_probs(logits.cpu(), cfg.temperature, cfg.top_p)  # the sampler's generator lives on the CPU
             path, bonus = verify_stochastic(tree, probs, generator)
+        clock.lap("accept")
         target.commit(len(tree), torch.tensor(path))
-        kept = tree.tokens[path].tolist() + [bonus]  # the root, the accepted nodes, the bonus token
-        now = time.perf_counter()
-        yield Step(output.take(kept[1:]), now - start, tree, path, drafted - start, now - drafted)
-        features, tokens = make_pairs(hidden[path], torch.tensor(kept, device=hidden.device))
+        clock.lap("commit")
+        hidden, kept = hidden[path], torch.tensor(tree.tokens[path].tolist() + [bonus], device=hidden.device)
+        emitted = output.take(kept[1:].tolist())  # the root was emitted by the step before
+        clock.lap("other")
+        yield Step(emitted, clock.total, tree, path, clock.phases)
 
 
 def autoregressive_generate(target: LlavaTarget, prompt: Prompt, cfg: DecodeConfig) -> Iterator[Step]:

@@ -20,6 +20,7 @@ from mmvsd.drafters import eagle, msd, vispec  # noqa: F401  (each registers its
 from mmvsd.drafters.base import DRAFTERS, DrafterSpec, TrainableDrafter
 from mmvsd.errors import UserError
 from mmvsd.files import ordinary_modes
+from mmvsd.models.skinny import use_skinny_matmuls
 
 __all__ = ["DRAFTERS", "DrafterSpec", "build_drafter", "load_drafter", "save_drafter"]
 
@@ -37,6 +38,7 @@ def _instantiate(spec: DrafterSpec, target, seed: int = 0) -> TrainableDrafter:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         drafter = DRAFTERS[spec.kind](spec, target.embed_tokens, target.lm_head)
+    use_skinny_matmuls(drafter)
     return drafter.to(target.device, target.dtype).eval()
 
 

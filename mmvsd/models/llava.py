@@ -10,15 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import transformers
 from PIL import Image
-from transformers import DynamicCache, LlavaForConditionalGeneration
-from transformers.cache_utils import DynamicLayer
+from transformers import LlavaForConditionalGeneration
+from transformers.cache_utils import Cache
 
 from mmvsd.errors import UserError
 from mmvsd.images import to_rgb
 from mmvsd.models.chat import IMAGE_PLACEHOLDER, user_turn
+from mmvsd.models.kv_cache import keep_positions, preallocated_cache
+from mmvsd.models.skinny import use_skinny_matmuls
 
+# Cache positions allocated past the prompt at prefill: answers and trees of usual lengths never
+# reallocate (a longer one doubles the storage once).
+CACHE_HEADROOM = 512
 
 
 @dataclass
@@ -47,7 +51,7 @@ class LlavaTarget:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.name = name
-        self.cache: DynamicCache | None = None
+        self.cache: Cache | None = None
         text_config = model.config.text_config
         self.vocab_size: int = text_config.vocab_size
         self.hidden_size: int = text_config.hidden_size
@@ -56,6 +60,7 @@ class LlavaTarget:
         self.image_token_id: int = model.config.image_token_id
         self.num_image_tokens: int = _count_image_tokens(processor)
         self.eos_token_ids: set[int] = _eos_ids(model, self.tokenizer)
+        use_skinny_matmuls(self.language_model, self.lm_head)  # drafting and verifying feed a few rows
 
     @property
     def device(self) -> torch.device:
@@ -115,7 +120,7 @@ class LlavaTarget:
     @torch.inference_mode()
     def prefill(self, prompt: Prompt) -> PrefillOutput:
         """Run image + prompt through the model, starting a fresh KV cache."""
-        self.cache = DynamicCache(config=self.model.config.text_config)
+        self.cache = preallocated_cache(self.num_layers, len(prompt.input_ids) + CACHE_HEADROOM)
         out = self.model.model(input_ids=prompt.input_ids[None], pixel_values=prompt.pixel_values,
                                past_key_values=self.cache, use_cache=True)
         hidden = out.last_hidden_state[0]  # [T, H]
@@ -123,19 +128,30 @@ class LlavaTarget:
                              image_embeds=out.image_hidden_states.reshape(-1, self.hidden_size),
                              image_mask=prompt.input_ids == self.image_token_id)
 
-    @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, depths: torch.Tensor,
                 ancestors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append `tokens` after the cached prefix; return their logits [N, V] and hidden states [N, H].
+        """Append `tokens` [N] after the cached prefix; return their logits [N, V] and hidden states
+        [N, H]. `depths` and `ancestors`: as in `tree_inputs`."""
+        return self.verify(tokens, *self.tree_inputs(depths, ancestors))
+
+    def tree_inputs(self, depths: torch.Tensor, ancestors: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Positions [1, N] and attention mask of N new nodes at `depths` below the cached prefix.
 
         `ancestors[i, j]` says node j is node i or one of its ancestors: the tree attention pattern
         (None = a causal chain). Positions are prefix length + depth, so every node sits exactly
         where it would in plain decoding of its own path.
         """
         prefix = self.cache.get_seq_length()
-        mask = None if ancestors is None else self._tree_mask(ancestors, prefix)
-        out = self.language_model(input_ids=tokens[None], attention_mask=mask,
-                                  position_ids=(prefix + depths)[None], past_key_values=self.cache, use_cache=True)
+        positions = (prefix + depths.to(self.device))[None]
+        return positions, None if ancestors is None else self._tree_mask(ancestors, prefix)
+
+    @torch.inference_mode()
+    def verify(self, tokens: torch.Tensor, positions: torch.Tensor,
+               mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target forward over new tokens [N] at `positions` (see `tree_inputs`), appending
+        them to the KV cache: logits [N, V] (fp32) and last-layer hidden states [N, H]."""
+        out = self.language_model(input_ids=tokens.to(self.device)[None], attention_mask=mask, position_ids=positions,
+                                  past_key_values=self.cache, use_cache=True)
         hidden = out.last_hidden_state[0]  # [N, H]
         return self.lm_head(hidden).float(), hidden
 
@@ -184,29 +200,12 @@ class LlavaTarget:
         mask[0, 0, :, prefix:].masked_fill_(~ancestors.to(self.device), blocked)
         return mask
 
+    @torch.inference_mode()
     def commit(self, n_new: int, keep: torch.Tensor) -> None:
-        """After `forward` appended `n_new` rows, keep only rows `keep` (indices among them, in order)."""
-        total = self.cache.get_seq_length()
-        prefix = total - n_new
-        keep = keep.to(self.device)
-        if torch.equal(keep, torch.arange(len(keep), device=self.device)):
-            self.cache.crop(-(n_new - len(keep)))  # a chain prefix: just drop the tail
-            return
-        _keep_positions(self.cache, torch.cat([torch.arange(prefix, device=self.device), prefix + keep]))
-
-
-def _keep_positions(cache: DynamicCache, rows: torch.Tensor) -> None:
-    """Keep only sequence positions `rows` of every layer. transformers has no public call for
-    this (`crop` cuts a tail, `batch_select_indices` picks along the batch), so this is the one
-    place that touches a layer's tensors, and it refuses a layer type it does not know rather than
-    corrupt it silently after an upgrade."""
-    unknown = {type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer}
-    if unknown:  # checked before any layer changes: a cache is never left half committed
-        raise RuntimeError(f"mmvsd commits accepted draft paths into DynamicLayer caches only, not "
-                           f"{', '.join(sorted(unknown))} (transformers {transformers.__version__})")
-    for layer in cache.layers:
-        layer.keys = layer.keys.index_select(2, rows)
-        layer.values = layer.values.index_select(2, rows)
+        """After `forward` appended `n_new` rows, keep only rows `keep` (indices among them, in order):
+        an in-place move of the accepted path's few rows, whatever the context length."""
+        prefix = self.cache.get_seq_length() - n_new
+        keep_positions(self.cache, prefix, prefix + keep.to(self.device))
 
 
 def _count_image_tokens(processor) -> int:
