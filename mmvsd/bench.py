@@ -147,9 +147,10 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.json:
         check_output_file(cfg.json, "json")
     requests = read_requests(cfg.data, cfg.n) if cfg.data else builtin_requests(cfg.n, cfg.seed)
+    check_draft_vocab(cfg)
     target = load_target(cfg.target, cfg.dtype, cfg.device, cfg.download, cfg.target_layers, cfg.vision_layers)
     drafter = (OracleDrafter(target.vocab_size, cfg.oracle.accept, cfg.seed) if cfg.drafter == "oracle"
-               else load_drafter(cfg.drafter, target, cfg.seed))
+               else load_drafter(cfg.drafter, target, cfg.seed, untrained_draft_vocab(cfg, target)))
     assistant = load_assistant(cfg, target) if cfg.assistant else None  # refused before any timing
     prompts = []
     for request in requests:
@@ -188,6 +189,27 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.assistant:
         report["assisted"] = assisted_peer(cfg, target, assistant, [p for _, p in prompts], results)
     return report
+
+
+def check_draft_vocab(cfg: BenchConfig) -> None:
+    """draft_vocab=N sets up an untrained drafter: refused, before any model loads, for any other."""
+    from mmvsd.drafters import DRAFTERS
+
+    if cfg.draft_vocab and cfg.drafter not in DRAFTERS:
+        raise UserError(f"draft_vocab applies to untrained drafters (a kind: {', '.join(DRAFTERS)}); drafter "
+                        f"{cfg.drafter} brings its own (train one with draft_vocab=N)")
+
+
+def untrained_draft_vocab(cfg: BenchConfig, target) -> list[int] | None:
+    """draft_vocab=N for an untrained drafter, which only measures a reduced head's cost: EOS and
+    the lowest ids (SentencePiece vocabularies such as Llama's number merges by frequency)."""
+    from mmvsd.drafters.vocab import frequent_tokens
+
+    if not cfg.draft_vocab:
+        return None
+    if cfg.draft_vocab > target.vocab_size:
+        raise UserError(f"draft_vocab={cfg.draft_vocab} exceeds the target's vocabulary of {target.vocab_size}")
+    return frequent_tokens([], cfg.draft_vocab, target.vocab_size, target.eos_token_ids)
 
 
 def load_assistant(cfg: BenchConfig, target):

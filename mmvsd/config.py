@@ -143,6 +143,8 @@ class BenchConfig(TargetSettings):
     drafter: str = opt("eagle", lambda: f"a drafter folder or shipped drafter, a kind ({', '.join(_drafter_kinds())}) "
                                         "for an untrained one, or oracle (the engine's cost alone)")
     oracle: OracleConfig = opt(OracleConfig, "drafter=oracle: how often its proposals are right")
+    draft_vocab: int = opt(0, "an untrained drafter drafts over N token ids only (EOS and the lowest ids; 0 = all): "
+                              "measures a reduced head's cost (a trained drafter brings its own draft vocabulary)")
     data: str | None = opt(None, 'JSONL of {"image": path, "prompt": text}; default: built-in examples')
     n: int = opt(8, "use at most this many inputs")
     max_new_tokens: int = opt(64, "tokens to generate at most per answer")
@@ -162,6 +164,7 @@ class BenchConfig(TargetSettings):
         self.decode  # validates the decoding knobs
         _require(self.drafter != "oracle" or self.temperature == 0,
                  "drafter=oracle replays the target's greedy output: use it with temperature=0")
+        _require(self.draft_vocab >= 0, f"draft_vocab must be >= 0 (0 = the whole vocabulary), got {self.draft_vocab}")
 
     @property
     def decode(self) -> DecodeConfig:
@@ -260,6 +263,8 @@ class TrainConfig(TargetSettings):
     text_ramp_steps: int = opt(0, "then steps over which the image-bearing share grows to 1 (MSD; 0 = switch at once, "
                                   "ViSpec's stage 2)", data=True)
     self_feed_passes: int = opt(0, "ViSpec's 'MTP' passes: rerun the drafter on its own predicted features, same loss")
+    draft_vocab: int = opt(0, "draft over the N most frequent answer tokens of the training data (EAGLE-3's reduced "
+                              "vocabulary; 0 = all): cheaper draft steps, the target still verifies over all tokens")
     vsd: VsdConfig = opt(VsdConfig, "VSD objective over sampled draft paths (off unless vsd.enabled=true)")
     feature_cache: str | None = opt(None, "folder caching the target's features per micro-batch: computed once, "
                                           "read by later runs over the same data")
@@ -289,3 +294,4 @@ class TrainConfig(TargetSettings):
         _require(self.target_answers >= 0, f"target_answers must be >= 0, got {self.target_answers}")
         _require(not (self.data and self.target_answers), "give either data=FILE or target_answers=N, not both")
         _require(self.self_feed_passes >= 0, f"self_feed_passes must be >= 0, got {self.self_feed_passes}")
+        _require(self.draft_vocab >= 0, f"draft_vocab must be >= 0 (0 = the whole vocabulary), got {self.draft_vocab}")

@@ -84,7 +84,7 @@ def setup(cfg: TrainConfig) -> Run:
     accelerate, load the target and the drafter (resumed from a checkpoint when asked)."""
     from mmvsd.checks import check_device, check_output_dir
     from mmvsd.data.loaders import load_records
-    from mmvsd.drafters import drafter_kind, load_drafter
+    from mmvsd.drafters import build_drafter, drafter_kind, load_drafter
     from mmvsd.models import load_target
     from mmvsd.training.cache import FeatureCache
     from mmvsd.training.fingerprint import flatten, run_fingerprint
@@ -99,6 +99,9 @@ def setup(cfg: TrainConfig) -> Run:
     if not cfg.resume and checkpoint.is_file():
         raise UserError(f"{out} already holds a run; pass resume=true to continue it, or another output_dir")
     kind = drafter_kind(cfg.drafter)  # like the data files below: checked before any model is loaded
+    if cfg.draft_vocab and kind != cfg.drafter:
+        raise UserError(f"draft_vocab sets up a new drafter: give a kind (drafter={kind}), not the trained drafter "
+                        f"{cfg.drafter}, which keeps its own draft vocabulary")
     loaded = load_records(cfg.data, cfg.image_folder) if cfg.data else None
     text_loaded = load_records(cfg.text_data) if cfg.text_data else None
     for key, source in (("data", loaded), ("text_data", text_loaded)):
@@ -118,6 +121,8 @@ def setup(cfg: TrainConfig) -> Run:
     drafter = load_drafter(cfg.drafter, target, seed=cfg.seed)
     if cfg.target_answers:  # after the drafter/target check: this is minutes of generation
         loaded = load_records(write_target_answers(cfg, accelerator, out / "answers"))
+    if cfg.draft_vocab:  # from the data, now that it is all there
+        drafter = build_drafter(kind, target, cfg.seed, draft_vocabulary(cfg, target, loaded, text_loaded))
     optimizer = build_optimizer(drafter.parameters(), cfg.lr, cfg.weight_decay)
     fingerprint = run_fingerprint(cfg, target, drafter, processes)
     start = resume(checkpoint, fingerprint, drafter, optimizer) if cfg.resume else 0
@@ -132,6 +137,19 @@ def setup(cfg: TrainConfig) -> Run:
     accelerator.init_trackers("mmvsd", config={k: str(v) if v is None else v for k, v in flatten(asdict(cfg)).items()})
     return Run(cfg, out, accelerator, target, drafter, model, optimizer, schedule, fingerprint, start, loaded,
                text_loaded, cache)
+
+
+def draft_vocabulary(cfg: TrainConfig, target, loaded, text_loaded, conversations: int = 1024) -> list[int]:
+    """The `cfg.draft_vocab` most frequent answer tokens of the run's first `conversations`, EOS
+    included (EAGLE-3's reduced vocabulary; see mmvsd.drafters.vocab)."""
+    from mmvsd.drafters.vocab import frequent_tokens
+    from mmvsd.training.features import training_batch
+
+    if cfg.draft_vocab > target.vocab_size:
+        raise UserError(f"draft_vocab={cfg.draft_vocab} exceeds the target's vocabulary of {target.vocab_size}")
+    count = min(-(-conversations // cfg.batch_size), cfg.steps * cfg.grad_accum)
+    labels = (training_batch(target, cfg, i, i // cfg.grad_accum, loaded, text_loaded)["labels"] for i in range(count))
+    return frequent_tokens(labels, cfg.draft_vocab, target.vocab_size, target.eos_token_ids)
 
 
 def start_accelerator(cfg: TrainConfig, out: Path, find_unused_parameters: bool):

@@ -48,3 +48,46 @@ def test_the_oracle_sets_tau_and_the_bench_breaks_each_step_down(accept):
     assert report["step_ms"]["verify"] > 0 and report["prefill_ms"] > 0
     assert report["speedup_limit"] > 1 and 0 < report["engine_efficiency"]
     assert report["engine_efficiency"] == pytest.approx(report["decode_speedup"] / report["speedup_limit"])
+
+
+def test_frequent_tokens_counts_answer_labels_only_and_always_keeps_eos():
+    from mmvsd.drafters.vocab import frequent_tokens
+
+    labels = [torch.tensor([[-100, 5, 5, 7], [3, 5, -100, -100]]), torch.tensor([[7, 9, -100, -100]])]
+    assert frequent_tokens(labels, 3, 12, always=[2]) == [2, 5, 7]  # 5 x3, 7 x2, then 3 and 9 (x1) lose to EOS
+    assert frequent_tokens(labels, 5, 12, always=[2]) == [2, 3, 5, 7, 9]
+    assert frequent_tokens([], 3, 12, always=[11]) == [0, 1, 11]  # nothing counted: EOS and the lowest ids
+
+
+def test_a_reduced_draft_vocabulary_drafts_inside_it_and_the_target_still_emits_outside_it(tiny_target, rng):
+    from mmvsd.drafters import build_drafter
+    from mmvsd.drafters.vocab import frequent_tokens
+
+    target = tiny_target
+    vocab = frequent_tokens([], 40, target.vocab_size, target.eos_token_ids)
+    drafter = build_drafter("eagle", target, seed=0, draft_vocab=vocab)
+    cfg = DecodeConfig(max_new_tokens=24)
+    outside = 0
+    for _ in range(4):
+        prompt = target.encode(random_image(rng), random_prompt(rng))
+        steps = list(speculative_generate(target, drafter, prompt, cfg))
+        assert collect_tokens(steps) == collect_tokens(autoregressive_generate(target, prompt, cfg))
+        assert all(set(s.tree.tokens[1:].tolist()) <= set(vocab) for s in steps[1:])
+        outside += sum(t not in vocab for t in collect_tokens(steps))
+    assert outside > 0  # the target's own choices outside the draft vocabulary were emitted
+
+
+def test_training_with_a_draft_vocabulary_writes_it_and_the_drafter_drafts_over_it(tmp_path):
+    import json
+
+    from mmvsd import train
+    from mmvsd.drafters import load_drafter
+    from mmvsd.models import load_target
+
+    folder = train.train_once(["recipe=toy_s_msd", "steps=2", "draft_vocab=50"], tmp_path / "run")
+    spec = json.loads((folder / "config.json").read_text())
+    target = load_target("toy-s")
+    assert len(spec["draft_vocab"]) == 50 and target.eos_token_ids <= set(spec["draft_vocab"])
+    drafter = load_drafter(str(folder), target)
+    assert drafter.draft_vocab[0].tolist() == spec["draft_vocab"]
+    assert torch.equal(drafter.draft_vocab[1], target.lm_head.weight[spec["draft_vocab"]])

@@ -70,14 +70,17 @@ class TreeGrower:
         self.parents = [-1]
         self.scores = [0.0]
 
-    def expand(self, nodes: list[int], logp: torch.Tensor) -> list[int]:
+    def expand(self, nodes: list[int], logp: torch.Tensor, vocab: torch.Tensor | None = None) -> list[int]:
         """Add the top-k children of each node (logp: [len(nodes), V]); return the next frontier.
+        `vocab` [V]: the token id of each logp column, for a reduced draft vocabulary.
 
         All k*k children become candidates; the best k of them by cumulative score (ties to the
         earlier one) form the frontier that the drafter expands next.
         """
         k = min(self.top_k, logp.shape[-1])
         child_logp, child_tokens = logp.float().topk(k, dim=-1)  # [n, k], sorted descending
+        if vocab is not None:
+            child_tokens = vocab[child_tokens]
         cumulative = (torch.tensor([self.scores[i] for i in nodes])[:, None] + child_logp).flatten().tolist()
         first = len(self.tokens)
         self.tokens += child_tokens.flatten().tolist()

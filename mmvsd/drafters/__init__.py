@@ -27,11 +27,13 @@ __all__ = ["DRAFTERS", "DrafterSpec", "build_drafter", "load_drafter", "save_dra
 DEFAULT_EXTRA = {"vispec": {"num_queries": 2}}  # ViSpec's default: one compressed token + g per image
 
 
-def build_drafter(kind: str, target, seed: int = 0) -> TrainableDrafter:
-    """An untrained drafter of `kind`, sized for `target`, seeded."""
+def build_drafter(kind: str, target, seed: int = 0, draft_vocab: list[int] | None = None) -> TrainableDrafter:
+    """An untrained drafter of `kind`, sized for `target`, seeded, drafting over `draft_vocab`
+    (token ids; None: the whole vocabulary)."""
     if kind not in DRAFTERS:
         raise UserError(f"unknown drafter kind {kind!r}; known kinds: {', '.join(DRAFTERS)}")
-    return _instantiate(DrafterSpec.for_target(kind, target, **DEFAULT_EXTRA.get(kind, {})), target, seed)
+    spec = DrafterSpec.for_target(kind, target, draft_vocab=draft_vocab, **DEFAULT_EXTRA.get(kind, {}))
+    return _instantiate(spec, target, seed)
 
 
 def _instantiate(spec: DrafterSpec, target, seed: int = 0) -> TrainableDrafter:
@@ -75,11 +77,12 @@ def drafter_kind(name: str) -> str:
         raise UserError(f"drafter {name}: cannot read its kind from config.json ({e})") from None
 
 
-def load_drafter(name: str, target, seed: int = 0) -> TrainableDrafter:
-    """`name` is a drafter folder, a shipped drafter's name, or a kind for an untrained drafter."""
+def load_drafter(name: str, target, seed: int = 0, draft_vocab: list[int] | None = None) -> TrainableDrafter:
+    """`name` is a drafter folder, a shipped drafter's name, or a kind for an untrained drafter
+    (which drafts over `draft_vocab`; a trained drafter brings its own)."""
     check_drafter_name(name)
     if name in DRAFTERS:
-        return build_drafter(name, target, seed)
+        return build_drafter(name, target, seed, draft_vocab)
     folder = drafter_folder(name)
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
     for path in (config_path, weights_path):
@@ -91,6 +94,8 @@ def load_drafter(name: str, target, seed: int = 0) -> TrainableDrafter:
         raise UserError(f"drafter {folder}: config.json is not a valid drafter config ({e})") from None
     if spec.kind not in DRAFTERS:
         raise UserError(f"drafter {folder}: unknown kind {spec.kind!r}; known kinds: {', '.join(DRAFTERS)}")
+    if not all(isinstance(i, int) and 0 <= i < target.vocab_size for i in spec.draft_vocab):
+        raise UserError(f"drafter {folder}: config.json's draft_vocab holds ids outside 0..{target.vocab_size - 1}")
     mismatch = {k: (v, target.fingerprint().get(k)) for k, v in spec.target.items() if target.fingerprint().get(k) != v}
     if mismatch:
         detail = ", ".join(f"{k} {was} vs {now}" for k, (was, now) in mismatch.items())

@@ -111,13 +111,17 @@ class DrafterSpec:
     intermediate_size: int
     vocab_size: int
     rope_theta: float = 10000.0
+    draft_vocab: list[int] = field(default_factory=list)  # token ids drafted over (empty: the whole vocabulary)
     target: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # kind-specific sizes
 
     @staticmethod
-    def for_target(kind: str, target, num_heads: int | None = None, **extra) -> DrafterSpec:
-        return DrafterSpec.for_text_config(kind, target.model.config.text_config, target.fingerprint(), num_heads,
+    def for_target(kind: str, target, num_heads: int | None = None, draft_vocab: list[int] | None = None,
+                   **extra) -> DrafterSpec:
+        spec = DrafterSpec.for_text_config(kind, target.model.config.text_config, target.fingerprint(), num_heads,
                                            **extra)
+        spec.draft_vocab = list(draft_vocab or [])
+        return spec
 
     @staticmethod
     def for_text_config(kind: str, text_config, target: dict | None = None, num_heads: int | None = None,

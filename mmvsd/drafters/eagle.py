@@ -16,6 +16,7 @@ from mmvsd.decoding.tree import DraftTree, TreeGrower
 from mmvsd.drafters.base import DrafterSpec, DraftState, Rollout, make_pairs, pair_position, register_drafter
 from mmvsd.drafters.layers import DecoderLayer, KVCache
 from mmvsd.models.llava import PrefillOutput
+from mmvsd.models.skinny import linear
 
 
 @register_drafter("eagle")
@@ -29,6 +30,10 @@ class EagleDrafter(nn.Module):
         # The target's embedding and head, shared and frozen: kept out of the module tree so they
         # are neither trained nor saved with the drafter.
         self.frozen = (embed_tokens, lm_head)
+        self.draft_vocab = None  # a reduced draft vocabulary (mmvsd.drafters.vocab): its ids and their head rows
+        if spec.draft_vocab:
+            ids = torch.tensor(spec.draft_vocab, dtype=torch.long, device=lm_head.weight.device)
+            self.draft_vocab = (ids, lm_head.weight[ids].detach())
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -105,13 +110,14 @@ class EagleDrafter(nn.Module):
     def propose(self, state: DraftState, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
         root_hidden = self._catch_up(state, *self.embed_pairs(state, features, tokens))  # [H]
         grower = TreeGrower(int(tokens[-1]), tree.top_k)
-        frontier = grower.expand([0], self._logp(root_hidden[None]))
+        vocab = self.draft_vocab[0] if self.draft_vocab else None
+        frontier = grower.expand([0], self._logp(root_hidden[None]), vocab)
         hidden = {0: root_hidden}  # drafter output of every processed node, read by its children
         rows: dict[int, int] = {}  # processed node -> its row in the scratch part of the cache
         for _ in range(tree.depth - 1):
             out = self._forward_nodes(state, grower, frontier, hidden, rows)  # [k, H]
             hidden.update(zip(frontier, out))
-            frontier = grower.expand(frontier, self._logp(out))
+            frontier = grower.expand(frontier, self._logp(out), vocab)
         state.cache.truncate(state.stable)
         return grower.tree(tree.total_tokens)
 
@@ -148,7 +154,9 @@ class EagleDrafter(nn.Module):
         return out[0]
 
     def _logp(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
+        """Draft log-probabilities [n, V] over the vocabulary, or over the draft vocabulary [n, N]."""
+        logits = self.lm_head(hidden) if self.draft_vocab is None else linear(hidden, self.draft_vocab[1])
+        return torch.log_softmax(logits.float(), dim=-1)
 
 
 def _depth(grower: TreeGrower, node: int) -> int:

@@ -50,7 +50,9 @@ def real_shape_tokenizer():
     vocab.update({f"<unused{i}>": i for i in range(len(vocab), IMAGE_TOKEN)})
     vocab.update({"<image>": IMAGE_TOKEN, "<pad>": PAD_TOKEN})
     vocab.update({f"<unused{i}>": i for i in range(PAD_TOKEN + 1, VOCAB)})
-    return wrap_tokenizer(Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>")))
+    tokenizer = wrap_tokenizer(Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>")))
+    tokenizer.model_max_length = 4096  # Llama-2's context (the target refuses longer prompts itself)
+    return tokenizer
 
 
 def build_real_shape(target: str, layers: int = 0, vision_layers: int = 0, seed: int = 0,
