@@ -156,6 +156,8 @@ class BenchConfig(TargetSettings):
     assistant: str | None = opt(None, "peer: also time transformers' assisted generation with this small "
                                       "LLaVA (e.g. toy-s) as assistant_model, on the same inputs")
     download: bool = opt(False, "allow fetching a hub id that is not in the local cache")
+    head_fp32: bool = opt(False, "bf16/fp16 targets: compute the LM head from a float32 copy of its weights, to "
+                                 "measure what logit ties cost (README, 'The lossless contract')")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:

@@ -5,13 +5,13 @@
 #   2. an untrained EAGLE drafter over the full vocabulary, and over a reduced draft vocabulary.
 # Each prints decode / verify / draft ms, the per-step breakdown, engine_efficiency and the speed-up;
 # the JSON files land in OUT. Settings can be overridden, which is how CI runs it at tiny size on a CPU:
-#   TARGET=tiny-random DEVICE=cpu DTYPE=float32 PROMPT_CHARS=200 bash scripts/gpu_check_engine.sh /tmp/out
+#   TARGET=tiny-random DEVICE=cpu DTYPE=float32 PROMPT_CHARS=200 DRAFT_VOCAB=64 bash scripts/gpu_check_engine.sh /tmp/out
 # Usage: bash scripts/gpu_check_engine.sh [OUT]      (needs: pip install -e .)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/gpu_check_engine}
 TARGET=${TARGET:-random:llava-1.5-7b} DEVICE=${DEVICE:-cuda} DTYPE=${DTYPE:-bfloat16}
-PROMPT_CHARS=${PROMPT_CHARS:-1000} N=${N:-4} MAX_NEW=${MAX_NEW:-128}
+PROMPT_CHARS=${PROMPT_CHARS:-1000} N=${N:-4} MAX_NEW=${MAX_NEW:-128} DRAFT_VOCAB=${DRAFT_VOCAB:-8192}
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 python - "$OUT" "$PROMPT_CHARS" "$N" <<'PY'
@@ -31,9 +31,11 @@ COMMON=(target="$TARGET" device="$DEVICE" dtype="$DTYPE" data="$OUT/inputs.jsonl
 run() {  # name, extra bench keys...
   local name=$1; shift
   echo "== $name"
-  python -m mmvsd.bench "${COMMON[@]}" "$@" json="$OUT/$name.json" 2>/dev/null \
-    | grep -E "bench:|speed-up|tau|identical|prefill|decode step|verify step|breakdown|efficiency|draft"
+  if ! python -m mmvsd.bench "${COMMON[@]}" "$@" json="$OUT/$name.json" > "$OUT/$name.txt" 2> "$OUT/$name.err"; then
+    tail -n 3 "$OUT/$name.err"; exit 1
+  fi
+  grep -E "bench:|speed-up|tau|identical|prefill|decode step|verify step|breakdown|efficiency" "$OUT/$name.txt"
 }
 run oracle drafter=oracle oracle.accept=0.8 tree=chain tree.depth=6
 run eagle drafter=eagle tree=chain tree.depth=6
-run eagle_draft_vocab drafter=eagle draft_vocab=8192 tree=chain tree.depth=6
+run eagle_draft_vocab drafter=eagle draft_vocab="$DRAFT_VOCAB" tree=chain tree.depth=6

@@ -91,3 +91,46 @@ def test_training_with_a_draft_vocabulary_writes_it_and_the_drafter_drafts_over_
     drafter = load_drafter(str(folder), target)
     assert drafter.draft_vocab[0].tolist() == spec["draft_vocab"]
     assert torch.equal(drafter.draft_vocab[1], target.lm_head.weight[spec["draft_vocab"]])
+
+
+def test_the_gpu_check_script_runs_at_tiny_size_on_the_cpu(tmp_path):
+    """scripts/gpu_check_engine.sh is ready for a GPU machine: the same script, settings shrunk."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check_engine.sh"
+    env = {**os.environ, "TARGET": "tiny-random", "DEVICE": "cpu", "DTYPE": "float32", "PROMPT_CHARS": "120",
+           "N": "2", "MAX_NEW": "24", "DRAFT_VOCAB": "64",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # its `python` is this one
+    result = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("engine efficiency") == 3 and "identical outputs    yes" in result.stdout
+    for name in ("oracle", "eagle", "eagle_draft_vocab"):
+        report = json.loads((tmp_path / f"{name}.json").read_text())
+        assert report["identical_outputs"] is True and report["engine_efficiency"] > 0
+    assert json.loads((tmp_path / "oracle.json").read_text())["tau"] > 2  # p = 0.8 on a chain of 6
+    assert json.loads((tmp_path / "eagle_draft_vocab.json").read_text())["config"]["draft_vocab"] == 64
+
+
+def test_bf16_divergence_is_reported_and_exits_0_while_fp32_divergence_fails(tmp_path, monkeypatch):
+    import json
+
+    from mmvsd import cli
+    from mmvsd.decoding import speculative
+
+    out = tmp_path / "bf16.json"
+    argv = ["drafter=oracle", "dtype=bfloat16", "n=8", f"json={out}"]
+    assert cli.run(BenchConfig, bench.main, "mmvsd bench", "", argv) == 0
+    report = json.loads(out.read_text())
+    differing = [r for r in report["per_input"] if r["identical"] is False]
+    assert report["identical_outputs"] is (not differing)
+    assert len(report["divergence"]) == len(differing) >= 1  # measured: 4 of these 8 inputs differ in bf16
+    for d in report["divergence"]:
+        assert d["target_token"] != d["speculative_token"] and 0 <= d["top2_margin"] < 0.1  # ties, near-ties
+
+    real = speculative.verify_greedy
+    monkeypatch.setattr(speculative, "verify_greedy", lambda tree, logits: (lambda p, b: (p, b + 1))(*real(tree, logits)))
+    assert cli.run(BenchConfig, bench.main, "mmvsd bench", "", ["drafter=oracle", "n=2"]) == 2  # a broken verifier, fp32

@@ -18,7 +18,7 @@ from mmvsd.errors import UserError
 from mmvsd.images import to_rgb
 from mmvsd.models.chat import IMAGE_PLACEHOLDER, user_turn
 from mmvsd.models.kv_cache import keep_positions, preallocated_cache
-from mmvsd.models.skinny import use_skinny_matmuls
+from mmvsd.models.skinny import linear, use_skinny_matmuls
 
 # Cache positions allocated past the prompt at prefill: answers and trees of usual lengths never
 # reallocate (a longer one doubles the storage once).
@@ -61,6 +61,7 @@ class LlavaTarget:
         self.num_image_tokens: int = _count_image_tokens(processor)
         self.eos_token_ids: set[int] = _eos_ids(model, self.tokenizer)
         use_skinny_matmuls(self.language_model, self.lm_head)  # drafting and verifying feed a few rows
+        self.head_fp32: torch.Tensor | None = None  # see use_fp32_head
 
     @property
     def device(self) -> torch.device:
@@ -77,6 +78,18 @@ class LlavaTarget:
     @property
     def lm_head(self) -> torch.nn.Linear:
         return self.model.lm_head
+
+    def use_fp32_head(self) -> None:
+        """Compute logits from a float32 copy of the LM head's weights (a bf16/fp16 target's own
+        logits are rounded to 8 or 11 bits, so the top two often tie exactly, and which one wins
+        then depends on the batch shape of the forward)."""
+        self.head_fp32 = self.lm_head.weight.float()
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., H] last-layer states -> [..., V] float32 logits."""
+        if self.head_fp32 is None:
+            return self.lm_head(hidden).float()
+        return linear(hidden.float(), self.head_fp32)
 
     def fingerprint(self) -> dict:
         """What a drafter must agree with to be used on this target."""
@@ -124,7 +137,7 @@ class LlavaTarget:
         out = self.model.model(input_ids=prompt.input_ids[None], pixel_values=prompt.pixel_values,
                                past_key_values=self.cache, use_cache=True)
         hidden = out.last_hidden_state[0]  # [T, H]
-        return PrefillOutput(logits=self.lm_head(hidden[-1]).float(), hidden=hidden,
+        return PrefillOutput(logits=self.logits(hidden[-1]), hidden=hidden,
                              image_embeds=out.image_hidden_states.reshape(-1, self.hidden_size),
                              image_mask=prompt.input_ids == self.image_token_id)
 
@@ -153,7 +166,7 @@ class LlavaTarget:
         out = self.language_model(input_ids=tokens.to(self.device)[None], attention_mask=mask, position_ids=positions,
                                   past_key_values=self.cache, use_cache=True)
         hidden = out.last_hidden_state[0]  # [N, H]
-        return self.lm_head(hidden).float(), hidden
+        return self.logits(hidden), hidden
 
     @torch.no_grad()
     def path_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
