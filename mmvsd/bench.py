@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mmvsd import cli, metrics
 from mmvsd.checks import check_device, check_output_file
-from mmvsd.config import BenchConfig
+from mmvsd.config import BenchConfig, is_greedy
 from mmvsd.decoding import Step, autoregressive_generate, collect_tokens, speculative_generate
 from mmvsd.decoding.speculative import PHASES
 from mmvsd.drafters.oracle import OracleDrafter
@@ -190,7 +190,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         speculative = list(speculative_generate(target, drafter, prompt, decode))
         speculative_s = time.perf_counter() - start
         spec_tokens = collect_tokens(speculative)
-        identical = base_tokens == spec_tokens if decode.temperature == 0 else None
+        identical = base_tokens == spec_tokens if is_greedy(decode.temperature) else None
         divergence = first_divergence(target, prompt, base_tokens, spec_tokens) if identical is False else None
         results.append(Result(request.name, request.prompt, len(prompt.input_ids), target.decode(spec_tokens),
                               identical, divergence,
@@ -252,8 +252,9 @@ def load_assistant(cfg: BenchConfig, target):
 def assisted_peer(cfg: BenchConfig, target, assistant, prompts: list, results: list[Result]) -> dict:
     """transformers' own assisted generation (`generate(assistant_model=...)`) on the same inputs:
     plain `generate` and assisted `generate`, both timed here, and assisted vs our target alone."""
-    sample = {"do_sample": cfg.temperature > 0, **({"temperature": cfg.temperature, "top_p": cfg.top_p}
-                                                   if cfg.temperature > 0 else {})}
+    greedy = is_greedy(cfg.temperature)
+    sample = {"do_sample": not greedy, **({} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p,
+                                                             "top_k": cfg.top_k or None})}
 
     def generate(prompt, **kwargs) -> tuple[list[int], float]:
         ids = prompt.input_ids[None]
@@ -276,7 +277,7 @@ def assisted_peer(cfg: BenchConfig, target, assistant, prompts: list, results: l
     return {"assistant": cfg.assistant, "generate_tokens_per_s": plain_tokens / plain_s,
             "assisted_tokens_per_s": assisted_tps, "speedup_vs_generate": assisted_tps / (plain_tokens / plain_s),
             "speedup_vs_target_alone": assisted_tps / base_tps,
-            "identical_outputs": all(identical) if cfg.temperature == 0 else None}
+            "identical_outputs": all(identical) if greedy else None}
 
 
 def summarize(cfg: BenchConfig, results: list[Result], errors: list[dict]) -> dict:

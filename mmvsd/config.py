@@ -48,6 +48,22 @@ def _require_finite(config: Any, prefix: str = "") -> None:
             raise UserError(f"{prefix}{f.name} must be a finite number, got {value}")
 
 
+# Temperatures below this decode greedily. At 1e-5, logits 1e-3 apart are e^-100 apart after
+# tempering: the distribution is the argmax to float32 precision anyway, and far smaller values
+# overflow the scaled logits into NaN (transformers' own sampling then fails).
+MIN_TEMPERATURE = 1e-5
+
+
+def is_greedy(temperature: float) -> bool:
+    return temperature < MIN_TEMPERATURE
+
+
+def _require_sampling(temperature: float, top_p: float, top_k: int) -> None:
+    _require(temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    _require(0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}")
+    _require(top_k >= 0, f"top_k must be >= 0 (0 = off), got {top_k}")
+
+
 def require_threads(threads: int) -> None:
     _require(threads >= 0, f"threads must be >= 0 (0 = automatic), got {threads}")
 
@@ -111,16 +127,17 @@ class DecodeConfig:
     """How one answer is generated; shared by the bench, lmms-eval plugin and demo."""
 
     max_new_tokens: int = opt(64, "tokens to generate at most per answer")
-    temperature: float = opt(0.0, "0 = greedy; > 0 samples from the target's tempered distribution")
+    temperature: float = opt(0.0, f"0 = greedy (so is anything below {MIN_TEMPERATURE:g}); > 0 samples from the target's "
+                                  "tempered distribution")
     top_p: float = opt(1.0, "nucleus sampling on the target side (1 = off)")
     seed: int = opt(0, "seed of the sampler")
     tree: TreeConfig = opt(TreeConfig, "draft tree shape")
+    top_k: int = opt(0, "keep the k most likely tokens on the target side (0 = off)")
 
     def __post_init__(self) -> None:
         _require_finite(self)
         _require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        _require(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
-        _require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        _require_sampling(self.temperature, self.top_p, self.top_k)
 
 
 @dataclass
@@ -148,8 +165,10 @@ class BenchConfig(TargetSettings):
     data: str | None = opt(None, 'JSONL of {"image": path, "prompt": text}; default: built-in examples')
     n: int = opt(8, "use at most this many inputs")
     max_new_tokens: int = opt(64, "tokens to generate at most per answer")
-    temperature: float = opt(0.0, "0 = greedy (outputs must be identical); > 0 samples")
+    temperature: float = opt(0.0, f"0 = greedy (outputs must be identical; so is anything below {MIN_TEMPERATURE:g}); "
+                                  "> 0 samples")
     top_p: float = opt(1.0, "nucleus sampling on the target side (1 = off)")
+    top_k: int = opt(0, "keep the k most likely tokens on the target side (0 = off)")
     seed: int = opt(0, "seed of the sampler and of the untrained drafter")
     tree: TreeConfig = opt(TreeConfig, "draft tree shape")
     json: str | None = opt(None, "write the results to this JSON file")
@@ -164,13 +183,13 @@ class BenchConfig(TargetSettings):
         _require(self.n >= 1, f"n must be >= 1, got {self.n}")
         super().__post_init__()
         self.decode  # validates the decoding knobs
-        _require(self.drafter != "oracle" or self.temperature == 0,
+        _require(self.drafter != "oracle" or is_greedy(self.temperature),
                  "drafter=oracle replays the target's greedy output: use it with temperature=0")
         _require(self.draft_vocab >= 0, f"draft_vocab must be >= 0 (0 = the whole vocabulary), got {self.draft_vocab}")
 
     @property
     def decode(self) -> DecodeConfig:
-        return DecodeConfig(self.max_new_tokens, self.temperature, self.top_p, self.seed, self.tree)
+        return DecodeConfig(self.max_new_tokens, self.temperature, self.top_p, self.seed, self.tree, self.top_k)
 
 
 @dataclass
@@ -180,13 +199,14 @@ class LmmsConfig(TargetSettings):
     drafter: str | None = opt(None, "a drafter folder, shipped drafter or kind; absent: the target alone")
     temperature: float = opt(0.0, "0 = greedy; > 0 samples (a task's generation_kwargs override it)")
     top_p: float = opt(1.0, "nucleus sampling on the target side (a task's generation_kwargs override it)")
+    top_k: int = opt(0, "keep the k most likely tokens on the target side (0 = off; generation_kwargs override it)")
     seed: int = opt(0, "seed of the sampler and of an untrained drafter")
     tree: TreeConfig = opt(TreeConfig, "draft tree shape")
     download: bool = opt(False, "allow fetching a hub id that is not in the local cache")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        DecodeConfig(1, self.temperature, self.top_p, self.seed, self.tree)  # validates the decoding knobs
+        DecodeConfig(1, self.temperature, self.top_p, self.seed, self.tree, self.top_k)  # validates the decoding knobs
 
 
 @dataclass

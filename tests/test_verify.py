@@ -12,9 +12,32 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
 from mmvsd.decoding import collect_tokens, speculative
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, verify_greedy, verify_stochastic
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Distribution tests run single-threaded with fixed seeds: the same result on every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def transformers_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """The reference: the distribution `generate(do_sample=True)` samples from, built from
+    transformers' own warpers in the order generate applies them."""
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(float(temperature))])
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    scores = logits.float().reshape(-1, logits.shape[-1])
+    return torch.softmax(warpers(torch.zeros(len(scores), 1, dtype=torch.long), scores), -1).reshape(logits.shape)
 
 #        0
 #   1    2    3          root children: tokens 4, 1, 6
@@ -122,6 +145,33 @@ def test_stochastic_verification_reproduces_the_target_distribution(seed):
         assert chi_square_p(sample_steps(biased, probs, n), exact, n) < 1e-6, biased.__name__
 
 
+def tricky_logits(gen: torch.Generator, rows: int = 64, vocab: int = 40) -> torch.Tensor:
+    """Random logits with forced ties (also at a top-p or top-k cut), huge and tiny magnitudes and
+    -inf (masked) entries."""
+    logits = torch.randn(rows, vocab, generator=gen) * torch.tensor([0.01, 1.0, 8.0, 60.0]).repeat(rows // 4)[:, None]
+    tied = torch.randint(0, vocab, (rows, vocab // 2), generator=gen)
+    logits.scatter_(1, tied, logits.gather(1, tied[:, :1]).expand(-1, vocab // 2))  # half the row shares a value
+    logits[::3, :2] = logits[::3, :1]  # exact ties among the top of some rows
+    masked = torch.rand(rows, vocab, generator=gen) < 0.2
+    masked[:, 0] = False
+    logits = logits.masked_fill(masked, -float("inf"))
+    logits[5] = torch.linspace(-1e4, 1e4, vocab)
+    return logits
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.3, 2.5, 1e-3])
+@pytest.mark.parametrize("top_p, top_k", [(1.0, 0), (0.9, 0), (0.5, 0), (1e-6, 0), (1.0, 1), (1.0, 5), (0.8, 7),
+                                          (0.95, 40), (0.3, 100)])
+def test_warping_equals_transformers_ties_and_extremes_included(temperature, top_p, top_k):
+    gen = torch.Generator().manual_seed(int(temperature * 1000) + top_k)
+    for _ in range(5):
+        logits = tricky_logits(gen)
+        ours, theirs = logits_to_probs(logits, temperature, top_p, top_k), transformers_probs(logits, temperature, top_p, top_k)
+        assert not ours.isnan().any()
+        assert torch.equal(ours > 0, theirs > 0)  # the same kept set, ties at the cut included
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
 def test_top_p_and_temperature_shape_only_the_target_side():
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
     probs = logits_to_probs(logits, temperature=1.0, top_p=0.7)
@@ -148,16 +198,16 @@ def small_vocab_target():
     return target, target.encode(Image.new("RGB", (5, 5), (30, 200, 90)), "abc cab")
 
 
-def exact_sequences(target, prompt, length: int, temperature: float, top_p: float) -> dict[tuple, float]:
+def exact_sequences(target, prompt, length: int, temperature: float, top_p: float, top_k: int = 0) -> dict[tuple, float]:
     """P(first `length` tokens, shorter when EOS comes first), from transformers' own forward passes
-    with its own KV cache, as `generate` runs them."""
+    with its own KV cache and its own warpers, as `generate(do_sample=True)` runs them."""
     with torch.no_grad():
         first = target.model(input_ids=prompt.input_ids[None], pixel_values=prompt.pixel_values, use_cache=True)
     exact, frontier = {}, {(): (1.0, first.logits[0, -1], first.past_key_values)}
     for _ in range(length):
         grown = {}
         for prefix, (p_prefix, logits, cache) in frontier.items():
-            for token, p in enumerate(logits_to_probs(logits, temperature, top_p).tolist()):
+            for token, p in enumerate(transformers_probs(logits, temperature, top_p, top_k).tolist()):
                 if p == 0:
                     continue
                 if token in target.eos_token_ids or len(prefix) + 1 == length:
@@ -171,30 +221,73 @@ def exact_sequences(target, prompt, length: int, temperature: float, top_p: floa
     return exact
 
 
-def sample_sequences(target, prompt, drafter, n, length, temperature, top_p) -> Counter:
-    from mmvsd.config import DecodeConfig, TreeConfig
+def sample_sequences(target, prompt, drafter, n, length, temperature, top_p, tree, top_k=0) -> Counter:
+    from mmvsd.config import DecodeConfig
 
     counts = Counter()
     for seed in range(n):
-        cfg = DecodeConfig(length, temperature, top_p, seed, TreeConfig(depth=2, top_k=3, total_tokens=5))
+        cfg = DecodeConfig(length, temperature, top_p, seed, tree, top_k)
         steps = speculative.speculative_generate(target, drafter, prompt, cfg)
         counts[tuple(collect_tokens(steps))] += 1
     return counts
 
 
-@pytest.mark.parametrize("temperature, top_p, check_power", [(1.0, 1.0, True), (0.7, 0.9, False)])
-def test_speculative_sampling_matches_the_target_sequence_distribution(small_vocab_target, monkeypatch,
-                                                                       temperature, top_p, check_power):
+def generate_sequences(target, prompt, n, length, temperature, top_p, top_k=0) -> Counter:
+    """`n` samples of transformers' own `generate(do_sample=True)` on the same target."""
+    torch.manual_seed(0)
+    ids = prompt.input_ids[None]
+    out = target.model.generate(input_ids=ids.expand(n, -1), pixel_values=prompt.pixel_values.expand(n, -1, -1, -1),
+                                attention_mask=torch.ones_like(ids).expand(n, -1), do_sample=True,
+                                temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=length)
+    eos = target.eos_token_ids
+    counts = Counter()
+    for row in out[:, ids.shape[1]:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        counts[tuple(row[:cut])] += 1
+    return counts
+
+
+def position_tv(a: Counter, b: Counter, length: int) -> float:
+    """The largest total-variation distance between the token distributions of a and b at one
+    position (a sequence that ended is its own outcome there)."""
+    worst = 0.0
+    for i in range(length):
+        pa, pb = Counter(), Counter()
+        for counts, p in ((a, pa), (b, pb)):
+            total = sum(counts.values())
+            for seq, c in counts.items():
+                p[seq[i] if i < len(seq) else None] += c / total
+        worst = max(worst, 0.5 * sum(abs(pa[k] - pb[k]) for k in set(pa) | set(pb)))
+    return worst
+
+
+TREES = {"depth 2, bushy": (2, 3, 5), "depth 3, branching": (3, 2, 6), "chain of 4": (4, 1, 4)}
+
+
+@pytest.mark.parametrize("tree_name", TREES)
+@pytest.mark.parametrize("temperature, top_p, top_k, check_power", [(1.0, 1.0, 0, True), (0.7, 0.9, 0, False),
+                                                                     (1.3, 1.0, 3, False)])
+def test_speculative_sampling_matches_generate(small_vocab_target, monkeypatch, tree_name, temperature, top_p, top_k,
+                                               check_power):
+    """Sequences of 4 tokens: speculative sampling against the exact distribution built from
+    transformers' forwards and warpers (chi-square, false-alarm rate 1e-3 per test), and against
+    `generate(do_sample=True)` itself (total variation per position; generate's own samples pass
+    the same chi-square, so the reference is what generate samples)."""
+    from mmvsd.config import TreeConfig
     from mmvsd.drafters import build_drafter
 
     target, prompt = small_vocab_target
     drafter = build_drafter("eagle", target, seed=1)
-    n, length = 1200, 3
-    exact = exact_sequences(target, prompt, length, temperature, top_p)
+    tree = TreeConfig(*TREES[tree_name])
+    n, length = 1500, 4
+    exact = exact_sequences(target, prompt, length, temperature, top_p, top_k)
     assert sum(exact.values()) == pytest.approx(1.0, abs=1e-5)
-    samples = sample_sequences(target, prompt, drafter, n, length, temperature, top_p)
+    samples = sample_sequences(target, prompt, drafter, n, length, temperature, top_p, tree, top_k)
     assert chi_square_p(samples, exact, n) > 1e-3
+    reference = generate_sequences(target, prompt, n, length, temperature, top_p, top_k)
+    assert chi_square_p(reference, exact, n) > 1e-3
+    assert position_tv(samples, reference, length) < 0.06  # two samples of 1500: ~0.02-0.04 when equal
     if check_power:  # the same test rejects a verifier that forgets to renormalise after a rejection
         monkeypatch.setattr(speculative, "verify_stochastic", no_renormalisation)
-        biased = sample_sequences(target, prompt, drafter, n, length, temperature, top_p)
+        biased = sample_sequences(target, prompt, drafter, n, length, temperature, top_p, tree, top_k)
         assert chi_square_p(biased, exact, n) < 1e-4

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mmvsd.config import DecodeConfig
+from mmvsd.config import DecodeConfig, is_greedy
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, sample, verify_greedy, verify_stochastic
 from mmvsd.drafters.base import Drafter, make_pairs
@@ -84,7 +84,7 @@ def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt,
     output = _Output(target, cfg)
     clock = _Clock(target.device)
     prefill = target.prefill(prompt)  # logits [V], hidden [T, H]
-    root = sample(prefill.logits, cfg.temperature, cfg.top_p, generator)
+    root = sample(prefill.logits, cfg, generator)
     clock.lap("prefill")
     yield Step(output.take([root]), clock.total, phases=clock.phases)
     state = drafter.begin(prompt.input_ids, prefill)
@@ -98,10 +98,10 @@ def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt,
         clock.lap("tree")
         logits, hidden = target.verify(tree.tokens, positions, mask)  # [N, V], [N, H]
         clock.lap("verify")
-        if cfg.temperature == 0:
+        if is_greedy(cfg.temperature):
             path, bonus = verify_greedy(tree, logits)
         else:
-            probs = logits_to_probs(logits.cpu(), cfg.temperature, cfg.top_p)  # the sampler's generator lives on the CPU
+            probs = logits_to_probs(logits.cpu(), cfg.temperature, cfg.top_p, cfg.top_k)  # the generator lives on the CPU
             path, bonus = verify_stochastic(tree, probs, generator)
         clock.lap("accept")
         target.commit(len(tree), torch.tensor(path))
@@ -116,13 +116,13 @@ def autoregressive_generate(target: LlavaTarget, prompt: Prompt, cfg: DecodeConf
     generator = torch.Generator().manual_seed(cfg.seed)
     output = _Output(target, cfg)
     start = time.perf_counter()
-    token = sample(target.prefill(prompt).logits, cfg.temperature, cfg.top_p, generator)
+    token = sample(target.prefill(prompt).logits, cfg, generator)
     yield Step(output.take([token]), time.perf_counter() - start)
     depth0 = torch.zeros(1, dtype=torch.long, device=target.device)
     while not output.done:
         start = time.perf_counter()
         logits, _ = target.forward(torch.tensor([token], device=target.device), depth0)  # [1, V]
-        token = sample(logits[0], cfg.temperature, cfg.top_p, generator)
+        token = sample(logits[0], cfg, generator)
         yield Step(output.take([token]), time.perf_counter() - start)
 
 

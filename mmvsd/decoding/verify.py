@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import torch
 
+from mmvsd.config import DecodeConfig, is_greedy
 from mmvsd.decoding.tree import DraftTree
 
 
-def logits_to_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
-    """Target-side sampling distribution [..., V]: temperature, then nucleus (top-p) truncation."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+def logits_to_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """The target's sampling distribution [..., V], as `generate(do_sample=True)` draws it:
+    temperature, then top-k, then top-p (nucleus), each with transformers' own tie rules."""
+    scores = logits.float() / temperature
+    if top_k > 0:  # every token scoring below the k-th best goes (ties at the k-th all stay)
+        kth = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if top_p < 1.0:  # the low tail holding at most 1 - top_p of the mass goes, never the best token
+        ascending, order = torch.sort(scores, descending=False)
+        tail = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
+        tail[..., -1] = False
+        scores = scores.masked_fill(tail.scatter(-1, order, tail), -float("inf"))
+    return scores.softmax(dim=-1)
 
 
 def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[list[int], int]:
@@ -70,8 +73,10 @@ def verify_stochastic(tree: DraftTree, probs: torch.Tensor, generator: torch.Gen
         path.append(accepted)
 
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """One token from the target's logits [V]: argmax when temperature is 0."""
-    if temperature == 0:
+def sample(logits: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator) -> int:
+    """One token from the target's logits [V] under `cfg`'s temperature, top_k and top_p (argmax
+    when greedy)."""
+    if is_greedy(cfg.temperature):
         return int(logits.argmax())
-    return int(torch.multinomial(logits_to_probs(logits.cpu(), temperature, top_p), 1, generator=generator))
+    probs = logits_to_probs(logits.cpu(), cfg.temperature, cfg.top_p, cfg.top_k)  # the generator lives on the CPU
+    return int(torch.multinomial(probs, 1, generator=generator))

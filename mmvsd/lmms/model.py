@@ -6,7 +6,7 @@ speculative decoding loop.
 
 model_args are the bench's key=value settings, comma-separated (`mmvsd.config.LmmsConfig`: target,
 drafter (absent = the target alone), tree / tree.depth / tree.top_k / tree.total_tokens,
-temperature and top_p (overridden by a task's generation_kwargs), seed, dtype, device, threads),
+temperature, top_p and top_k (overridden by a task's generation_kwargs), seed, dtype, device, threads),
 parsed and checked like any mmvsd command line before the target loads. Each request's tau,
 acceptance by depth and timings go to lmms-eval's throughput metrics (`avg_tau`,
 `avg_acceptance_depth_1`, ... in the results JSON). A request that fails raises: lmms-eval would
@@ -68,7 +68,8 @@ class Mmvsd(lmms):
     def _answer(self, image, text: str, gen_kwargs: dict) -> GenerationResult:
         cfg = DecodeConfig(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or 128),
                            temperature=float(gen_kwargs.get("temperature", self.cfg.temperature) or 0.0),
-                           top_p=float(gen_kwargs.get("top_p") or self.cfg.top_p), seed=self.cfg.seed, tree=self.cfg.tree)
+                           top_p=float(gen_kwargs.get("top_p") or self.cfg.top_p), seed=self.cfg.seed, tree=self.cfg.tree,
+                           top_k=int(gen_kwargs.get("top_k") or self.cfg.top_k))
         prompt = self.target.encode(image, text, cfg.max_new_tokens)
         start = time.perf_counter()
         steps = list(speculative_generate(self.target, self.drafter, prompt, cfg) if self.drafter
