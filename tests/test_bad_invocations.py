@@ -56,6 +56,8 @@ CASES = [
     (run_bench, ["temperature=-0.5"], "temperature must be >= 0"),
     (run_bench, ["top_p=0"], "top_p must be in (0, 1], got 0.0"),
     (run_bench, ["top_p=1.5"], "top_p must be in (0, 1], got 1.5"),
+    (run_bench, ["top_k=-1"], "top_k must be >= 0 (0 = off), got -1"),
+    (run_bench, ["temperature=-inf"], "temperature must be a finite number, got -inf"),
     (run_bench, ["n=0"], "n must be >= 1"),
     (run_bench, ["drafter=oracle", "oracle.accept=0"], "oracle.accept must be in (0, 1], got 0.0"),
     (run_bench, ["drafter=oracle", "oracle.accept=1.5"], "oracle.accept must be in (0, 1], got 1.5"),

@@ -172,6 +172,38 @@ def test_warping_equals_transformers_ties_and_extremes_included(temperature, top
         assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
+def test_the_warping_test_catches_a_nucleus_cut_that_breaks_ties_the_other_way():
+    """mmvsd's earlier top-p (descending sort, keep while the mass before a token is < top_p)
+    agrees with transformers except where a tie sits at the cut: the test above must see that."""
+    def descending_nucleus(logits, temperature, top_p):
+        probs = torch.softmax(logits.float() / temperature, -1)
+        ordered, order = probs.sort(-1, descending=True)
+        ordered = ordered.masked_fill(ordered.cumsum(-1) - ordered >= top_p, 0.0)
+        return torch.zeros_like(probs).scatter(-1, order, ordered)
+
+    gen = torch.Generator().manual_seed(0)
+    differs = 0
+    for _ in range(20):
+        logits = tricky_logits(gen)
+        differs += int((descending_nucleus(logits, 1.0, 0.5) > 0).ne(transformers_probs(logits, 1.0, 0.5) > 0).any(-1).sum())
+    assert differs > 0
+
+
+def test_tiny_temperatures_decode_greedily_without_nan(small_vocab_target):
+    from mmvsd.config import DecodeConfig, TreeConfig
+    from mmvsd.decoding import autoregressive_generate
+    from mmvsd.drafters import build_drafter
+
+    assert not logits_to_probs(torch.tensor([[-1e4, 0.0, 1e4, -float("inf")]]), 1e-5, 0.9, 2).isnan().any()
+    target, prompt = small_vocab_target
+    drafter = build_drafter("eagle", target, seed=1)
+    greedy = collect_tokens(autoregressive_generate(target, prompt, DecodeConfig(12)))
+    for temperature in (1e-40, 1e-6, 5e-324):
+        cfg = DecodeConfig(12, temperature, 0.9, 0, TreeConfig(3, 2, 6), top_k=3)
+        assert collect_tokens(speculative.speculative_generate(target, drafter, prompt, cfg)) == greedy
+        assert collect_tokens(autoregressive_generate(target, prompt, cfg)) == greedy
+
+
 def test_top_p_and_temperature_shape_only_the_target_side():
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
     probs = logits_to_probs(logits, temperature=1.0, top_p=0.7)
