@@ -23,6 +23,16 @@ PROMPT_WORDS = ("describe", "the", "image", "what", "colour", "is", "shape", "ho
                 "value", "décris", "l'image", "画像", "を", "説明", "😀", "?", "\n", "  ")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: with fixed seeds, invariance and distribution tests then
+    compute the same numbers on every run and every machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_target():
     from mmvsd.models import load_target

@@ -13,6 +13,7 @@ from mmvsd.drafters import DRAFTERS, build_drafter
 from mmvsd.metrics import tau
 
 MAX_NEW = 24
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixed seeds, one thread: the same result on every run
 
 
 def hf_greedy(target, prompt, max_new_tokens: int) -> list[int]:

@@ -19,13 +19,7 @@ from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, verify_greedy, verify_stochastic
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Distribution tests run single-threaded with fixed seeds: the same result on every run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixed seeds, one thread: the same result on every run
 
 
 def transformers_probs(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
