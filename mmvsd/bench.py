@@ -254,7 +254,7 @@ def assisted_peer(cfg: BenchConfig, target, assistant, prompts: list, results: l
     plain `generate` and assisted `generate`, both timed here, and assisted vs our target alone."""
     greedy = is_greedy(cfg.temperature)
     sample = {"do_sample": not greedy, **({} if greedy else {"temperature": cfg.temperature, "top_p": cfg.top_p,
-                                                             "top_k": cfg.top_k or None})}
+                                                             "top_k": cfg.top_k})}
 
     def generate(prompt, **kwargs) -> tuple[list[int], float]:
         ids = prompt.input_ids[None]
