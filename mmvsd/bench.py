@@ -203,13 +203,14 @@ def run_bench(cfg: BenchConfig) -> dict:
 
 def first_divergence(target, prompt, base: list[int], spec: list[int]) -> dict:
     """Where greedy speculative output first differs from the target alone's, and the margin
-    between the target's top two logits there (recomputed by a prefill of prompt + common prefix):
-    a margin at or near 0 is a tie that the batch shape of a low-precision forward can flip."""
-    from mmvsd.models.llava import Prompt
-
+    between the target's top two logits there (recomputed: the prompt, then the common prefix in
+    one chain forward): a margin at or near 0 is a tie that the batch shape of a low-precision
+    forward can flip."""
     i = next((k for k, (a, b) in enumerate(zip(base, spec)) if a != b), min(len(base), len(spec)))
-    ids = torch.cat([prompt.input_ids, prompt.input_ids.new_tensor(base[:i])])
-    top = target.prefill(Prompt(ids, prompt.pixel_values, prompt.text)).logits.topk(2).values
+    logits = target.prefill(prompt).logits
+    if i > 0:  # the answer's tokens go in as tokens (an image token id among them is just a token)
+        logits = target.forward(torch.tensor(base[:i]), torch.arange(i))[0][-1]
+    top = logits.topk(2).values
     return {"position": i, "target_token": base[i] if i < len(base) else None,
             "speculative_token": spec[i] if i < len(spec) else None, "top2_margin": float(top[0] - top[1])}
 

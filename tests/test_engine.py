@@ -134,3 +134,33 @@ def test_bf16_divergence_is_reported_and_exits_0_while_fp32_divergence_fails(tmp
     real = speculative.verify_greedy
     monkeypatch.setattr(speculative, "verify_greedy", lambda tree, logits: (lambda p, b: (p, b + 1))(*real(tree, logits)))
     assert cli.run(BenchConfig, bench.main, "mmvsd bench", "", ["drafter=oracle", "n=2"]) == 2  # a broken verifier, fp32
+
+
+def test_a_drafter_folder_with_a_broken_draft_vocab_is_refused_in_one_line(tiny_target, tmp_path):
+    import json
+
+    from mmvsd.drafters import build_drafter, load_drafter, save_drafter
+    from mmvsd.errors import UserError
+
+    folder = save_drafter(build_drafter("eagle", tiny_target), tmp_path / "drafter")
+    spec = json.loads((folder / "config.json").read_text())
+    for broken in (None, 7, [1, 2, tiny_target.vocab_size], ["a"]):
+        (folder / "config.json").write_text(json.dumps({**spec, "draft_vocab": broken}))
+        with pytest.raises(UserError, match="draft_vocab must be a list of token ids"):
+            load_drafter(str(folder), tiny_target)
+
+
+def test_the_divergence_report_reads_an_image_token_id_in_the_answer_as_a_token(tiny_target, rng):
+    """The margin is the target's at the first differing position (checked against a prefill of
+    prompt + answer), also when the answer holds the image token's id, which a prefill refuses."""
+    import math
+
+    prompt = tiny_target.encode(random_image(rng), random_prompt(rng))
+    answer = [5, 17, 9]
+    report = bench.first_divergence(tiny_target, prompt, answer + [3], answer + [4])
+    top = tiny_target.prefill(Prompt(torch.cat([prompt.input_ids, torch.tensor(answer)]), prompt.pixel_values,
+                                     "")).logits.topk(2).values
+    assert (report["position"], report["target_token"], report["speculative_token"]) == (3, 3, 4)
+    assert report["top2_margin"] == pytest.approx(float(top[0] - top[1]), abs=1e-4)
+    answer[1] = tiny_target.image_token_id
+    assert math.isfinite(bench.first_divergence(tiny_target, prompt, answer + [3], answer + [4])["top2_margin"])

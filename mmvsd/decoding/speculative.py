@@ -7,6 +7,7 @@ autoregressive_generate: the target alone, one token per forward, through the sa
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ class _Clock:
     the kernels it launched (otherwise the first phase that reads a result pays for them all)."""
 
     def __init__(self, device: torch.device):
-        self.wait = torch.cuda.synchronize if device.type == "cuda" else None
+        self.wait = functools.partial(torch.cuda.synchronize, device) if device.type == "cuda" else None
         self.start = self.last = time.perf_counter()
         self.phases: dict[str, float] = {}
 

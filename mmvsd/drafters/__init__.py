@@ -94,8 +94,9 @@ def load_drafter(name: str, target, seed: int = 0, draft_vocab: list[int] | None
         raise UserError(f"drafter {folder}: config.json is not a valid drafter config ({e})") from None
     if spec.kind not in DRAFTERS:
         raise UserError(f"drafter {folder}: unknown kind {spec.kind!r}; known kinds: {', '.join(DRAFTERS)}")
-    if not all(isinstance(i, int) and 0 <= i < target.vocab_size for i in spec.draft_vocab):
-        raise UserError(f"drafter {folder}: config.json's draft_vocab holds ids outside 0..{target.vocab_size - 1}")
+    if not isinstance(spec.draft_vocab, list) or not all(isinstance(i, int) and 0 <= i < target.vocab_size
+                                                         for i in spec.draft_vocab):
+        raise UserError(f"drafter {folder}: config.json's draft_vocab must be a list of token ids in 0..{target.vocab_size - 1}")
     mismatch = {k: (v, target.fingerprint().get(k)) for k, v in spec.target.items() if target.fingerprint().get(k) != v}
     if mismatch:
         detail = ", ".join(f"{k} {was} vs {now}" for k, (was, now) in mismatch.items())

@@ -23,7 +23,6 @@ class PreallocatedLayer(CacheLayerMixin):
     """One attention layer's keys and values: [B, heads, capacity, head_dim], `length` of them live."""
 
     is_sliding = False
-    is_croppable = True
 
     def __init__(self, capacity: int):
         super().__init__()
@@ -57,10 +56,6 @@ class PreallocatedLayer(CacheLayerMixin):
         self.keys[:, :, start:end] = self.keys[:, :, rows]  # the right side is gathered (copied) first
         self.values[:, :, start:end] = self.values[:, :, rows]
         self.length = end
-
-    def crop(self, tokens_to_remove: int) -> None:
-        """transformers' convention: a negative count of positions to drop from the end."""
-        self.length -= abs(tokens_to_remove)
 
     def get_seq_length(self) -> int:
         return self.length
