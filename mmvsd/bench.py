@@ -231,8 +231,6 @@ def untrained_draft_vocab(cfg: BenchConfig, target) -> list[int] | None:
 
     if not cfg.draft_vocab:
         return None
-    if cfg.draft_vocab > target.vocab_size:
-        raise UserError(f"draft_vocab={cfg.draft_vocab} exceeds the target's vocabulary of {target.vocab_size}")
     return frequent_tokens([], cfg.draft_vocab, target.vocab_size, target.eos_token_ids)
 
 

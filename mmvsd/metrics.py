@@ -52,8 +52,8 @@ def engine_efficiency(baselines: Sequence[Sequence[Step]], speculatives: Sequenc
     spec = [s for steps in speculatives for s in steps[1:]]
     if not base or not spec:
         return {"decode_speedup": float("nan"), "speedup_limit": float("nan"), "engine_efficiency": float("nan")}
-    speedup = (sum(len(s.tokens) for s in spec) / sum(s.seconds for s in spec)) / \
-              (sum(len(s.tokens) for s in base) / sum(s.seconds for s in base))
+    speedup = tokens_per_second(sum(len(s.tokens) for s in spec), sum(s.seconds for s in spec)) / \
+        tokens_per_second(sum(len(s.tokens) for s in base), sum(s.seconds for s in base))
     t_decode = median(s.seconds for s in base)
     limit = tau(spec) * t_decode / (median(s.phases["verify"] for s in spec) + median(s.phases["draft"] for s in spec))
     return {"decode_speedup": speedup, "speedup_limit": limit, "engine_efficiency": speedup / limit}

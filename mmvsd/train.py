@@ -118,7 +118,7 @@ def setup(cfg: TrainConfig) -> Run:
     target.model.requires_grad_(False)
     cache = FeatureCache(cfg.feature_cache, target, cfg, accelerator.process_index, processes) if cfg.feature_cache \
         else None
-    drafter = load_drafter(cfg.drafter, target, seed=cfg.seed)
+    drafter = None if cfg.draft_vocab else load_drafter(cfg.drafter, target, seed=cfg.seed)  # else: built below
     if cfg.target_answers:  # after the drafter/target check: this is minutes of generation
         loaded = load_records(write_target_answers(cfg, accelerator, out / "answers"))
     if cfg.draft_vocab:  # from the data, now that it is all there
@@ -145,8 +145,6 @@ def draft_vocabulary(cfg: TrainConfig, target, loaded, text_loaded, conversation
     from mmvsd.drafters.vocab import frequent_tokens
     from mmvsd.training.features import training_batch
 
-    if cfg.draft_vocab > target.vocab_size:
-        raise UserError(f"draft_vocab={cfg.draft_vocab} exceeds the target's vocabulary of {target.vocab_size}")
     count = min(-(-conversations // cfg.batch_size), cfg.steps * cfg.grad_accum)
     labels = (training_batch(target, cfg, i, i // cfg.grad_accum, loaded, text_loaded)["labels"] for i in range(count))
     return frequent_tokens(labels, cfg.draft_vocab, target.vocab_size, target.eos_token_ids)

@@ -21,7 +21,7 @@ from mmvsd.models.llava import PrefillOutput
 
 @dataclass
 class OracleState:
-    emitted: int = -1  # tokens generated so far (-1: the prompt's pairs are still to come)
+    emitted: int  # tokens generated so far, counted by the pairs taken in (negative until the prompt's are in)
 
 
 class OracleDrafter:

@@ -12,10 +12,14 @@ from collections.abc import Iterable
 
 import torch
 
+from mmvsd.errors import UserError
+
 
 def frequent_tokens(labels: Iterable[torch.Tensor], size: int, vocab_size: int, always: Iterable[int] = ()) -> list[int]:
     """The `size` most frequent ids among answer labels (negative = not an answer token), with
     `always` (e.g. EOS) included; ties and unseen ids go to the lower id. Sorted ascending."""
+    if size > vocab_size:
+        raise UserError(f"draft_vocab={size} exceeds the target's vocabulary of {vocab_size}")
     counts = torch.zeros(vocab_size, dtype=torch.long)
     for batch in labels:
         answer = batch[batch >= 0].flatten()
