@@ -70,15 +70,28 @@ class ToySpec:
     eval_per_family: int = 40
     eval_descriptions: int = 24
     grow_from: str | None = None  # start stage 1 from this target's stage-1 LM, depth doubled
+    # The grounding loss (`grounding.py`): its weight (0 = off), the layer of the head pulled to the
+    # patches each word names, and the layer of the head pulled, at presence answers, to the
+    # object asked about (or the background); head 0 of each.
+    ground_weight: float = 1.0
+    ground_word_layer: int = 0
+    ground_answer_layer: int = 1
+    # The tower's per-patch facts must be readable, not only close in mean square: this weighs a
+    # cross-entropy of reading each fact back from the tower's output by its fixed code (0 = off).
+    tower_decode_weight: float = 1.0
 
 
 TOY_SPECS = {
+    # The shipped toy-s and toy-m were built before the grounding loss (ground_weight=0 reproduces
+    # them); rebuilt with it, they are shipped again once they meet the aims of issue 23.
     "toy-s": ToySpec("toy-s", seed=0, hidden=128, layers=4, intermediate=384, image_size=128, patch_size=16,
-                     truth_grid=6, truth_steps=2000, tower_steps=1000, tune_steps=300),
+                     truth_grid=6, truth_steps=2000, tower_steps=1000, tune_steps=300, ground_weight=0.0,
+                     tower_decode_weight=0.0),
     # LLaVA-1.5's image geometry: 336 px, patch 14, 576 image tokens; a deeper LM.
     "toy-m": ToySpec("toy-m", seed=0, hidden=128, layers=8, intermediate=384, image_size=336, patch_size=14,
                      truth_grid=6, truth_steps=700, tower_steps=400, tune_steps=150, grow_from="toy-s",
-                     list_share=0.5),
+                     list_share=0.5, ground_weight=0.0, tower_decode_weight=0.0,
+                     ground_answer_layer=2),  # toy-s's layer 1 is toy-m's layer 2 (`grow`)
 }
 
 
@@ -124,10 +137,19 @@ def is_current(folder: Path, spec: ToySpec) -> bool:
     return build.is_file() and json.loads(build.read_text()).get("spec") == _spec_record(spec)
 
 
+# Fields added to the spec after targets shipped, with the values those targets were built with: a
+# spec at these values records as before, so the shipped folders stay current until rebuilt.
+_LATER_FIELDS = {"ground_weight": 0.0, "ground_word_layer": 0, "ground_answer_layer": 1, "tower_decode_weight": 0.0}
+
+
 def _spec_record(spec: ToySpec) -> dict:
+    """The spec as build.json records it (fields added later are left out at their old values)."""
     from mmvsd.toyworld.data import DATA_VERSION
 
-    return {**asdict(spec), "build_version": BUILD_VERSION, "data_version": DATA_VERSION}
+    record = {**asdict(spec), "build_version": BUILD_VERSION, "data_version": DATA_VERSION}
+    if not spec.ground_weight:  # the heads' layers mean nothing without the loss
+        record["ground_word_layer"], record["ground_answer_layer"] = 0, 1
+    return {k: v for k, v in record.items() if _LATER_FIELDS.get(k, object()) != v}
 
 
 # Trained toy targets and drafters ship inside the package, so nobody waits for a build.
@@ -227,6 +249,7 @@ def _build(spec: ToySpec, out: Path, home: Path | None, log) -> Path:
     report.update(build_seconds=round(time.time() - start), training_curve=curve, spec=asdict(spec))
     tmp = out.with_name(f".{spec.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    builder.model.model.language_model.set_attn_implementation("sdpa")
     builder.model.save_pretrained(tmp)
     builder.processor.save_pretrained(tmp)
     (tmp / "report.json").write_text(json.dumps(report, indent=2))
@@ -249,12 +272,15 @@ class _Builder:
         self.tokenizer = self._tokenizer()
         self.processor = llava_processor(self.tokenizer, spec.image_size, spec.patch_size)
         self.model = self._new_model()
+        # Eager attention hands back the weights the grounding loss reads; the saved target uses sdpa.
+        self.model.model.language_model.set_attn_implementation("eager" if spec.ground_weight else "sdpa")
         with torch.random.fork_rng():  # fixed codes, the same for every target of a seed and width
             torch.manual_seed(spec.seed + 1)
             self.truth = TruthFeatures(spec.vision_hidden).requires_grad_(False)
         self.home = home
         self.image_token_id = self.model.config.image_token_id
         self.curve: list[dict] = []
+        self.token_texts = [self.tokenizer.decode([i]) for i in range(len(self.tokenizer))]
 
     # ---------------------------------------------------------------- pieces
 
@@ -294,6 +320,25 @@ class _Builder:
         model.generation_config.pad_token_id = tok.pad_token_id
         return model
 
+    def _answer_and_grounding_loss(self, batch, image_features) -> tuple[torch.Tensor, dict]:
+        """The answers' cross-entropy plus, when the spec grounds, the attention-mass loss of the
+        designated heads (`grounding.py`)."""
+        from mmvsd.toyworld.targets.grounding import HeadRecorder, attention_mass_loss
+
+        s = self.spec
+        if not s.ground_weight:
+            return weighted_loss(self.model, batch, image_features), {}
+        layers = self.model.model.language_model.layers
+        recorder = HeadRecorder(layers, (s.ground_word_layer, s.ground_answer_layer))
+        try:
+            answer = weighted_loss(self.model, batch, image_features)
+        finally:
+            recorder.remove()
+        start = (batch["input_ids"] == self.image_token_id).int().argmax(1)
+        words = attention_mass_loss(recorder.weights[s.ground_word_layer][:, 0], batch["ground_words"], start)
+        answers = attention_mass_loss(recorder.weights[s.ground_answer_layer][:, 0], batch["ground_answers"], start)
+        return answer + s.ground_weight * (words + answers), {"ground": (words + answers).item()}
+
     def _pixels(self, images) -> torch.Tensor:
         return pixel_values(images, self.processor.image_processor)
 
@@ -308,9 +353,15 @@ class _Builder:
         return collate_targets([targets_for(x.truth, grid * 8, grid) for x in samples])
 
     def _collate(self, samples, conversations, grid: int, pixels: bool) -> dict[str, torch.Tensor]:
+        from mmvsd.toyworld.targets.grounding import grounding_batch
+
         encoded = [encode_conversation(self.tokenizer, turns, self.image_token_id, grid * grid)
                    for turns in conversations]
         batch = pad_batch(encoded, self.tokenizer.pad_token_id)
+        if self.spec.ground_weight:
+            texts = [[self.token_texts[i] for i in e.input_ids] for e in encoded]
+            batch.update(grounding_batch(texts, batch["labels"], [x.truth for x in samples], grid,
+                                         batch["input_ids"].shape[1]))
         if pixels:
             batch["pixel_values"] = self._pixels([x.image for x in samples])
         else:
@@ -372,7 +423,7 @@ class _Builder:
             return self.truth(b["targets"])
 
         def loss(b):
-            return weighted_loss(self.model, b, truth_features(b)), {}
+            return self._answer_and_grounding_loss(b, truth_features(b))
 
         control = self._control("truth", self._quiz(s.truth_grid, pixels=False), truth_features)
         _train("language model on ground-truth features", module, s.truth_steps, batch, loss, s.lm_lr,
@@ -401,7 +452,10 @@ class _Builder:
                 wanted = self.truth(b["targets"])  # [B, P, D]
             got = tower_features(tower, b["pixel_values"], layer)
             value = (got - wanted).pow(2).mean() / wanted.pow(2).mean()
-            return value, {"rel_mse": value.item()}
+            if not s.tower_decode_weight:
+                return value, {"rel_mse": value.item()}
+            decode = self.truth.decode_loss(got, b["targets"])
+            return value + s.tower_decode_weight * decode, {"rel_mse": value.item(), "decode": decode.item()}
 
         _train("vision tower", tower, s.tower_steps, batch, loss, s.tower_lr, self.work / "tower.pt")
         tower.requires_grad_(False)
@@ -422,7 +476,7 @@ class _Builder:
             return tower_features(tower, b["pixel_values"], layer)
 
         def loss(b):
-            return weighted_loss(self.model, b, features(b)), {}
+            return self._answer_and_grounding_loss(b, features(b))
 
         quiz_control = self._control("tune", self._quiz(self.grid, pixels=True), features)
 
