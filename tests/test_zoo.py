@@ -89,6 +89,25 @@ def test_a_grown_target_starts_as_the_small_one_and_builds(home, monkeypatch):
     assert config["vision_feature_layer"] == -2 and config["text_config"]["num_hidden_layers"] == 2
 
 
+def test_stage_one_resumes_only_its_own_spec_and_never_brings_back_a_tower(home):
+    """A changed spec (the grounding loss on) must not resume another spec's stage 1, and a stage-1
+    checkpoint holds the parts it trains: loading it keeps the tower the build just trained."""
+    from mmvsd.toyworld.targets import build
+
+    grounded = dataclasses.replace(MICRO, ground_weight=1.0, layers=2)
+    assert build.stage1_path(grounded, home) != build.stage1_path(MICRO, home)
+    builder = build._Builder(grounded, home / "w-grounded", home, lambda m: None)
+    builder.train_on_truth()
+    tower = builder.model.model.vision_tower
+    with torch.no_grad():
+        for p in tower.parameters():
+            p.add_(1.0)  # as if the tower stage had just trained it
+    trained = {k: v.clone() for k, v in tower.state_dict().items()}
+    builder.train_on_truth()  # complete: resumes from its checkpoint
+    assert all(torch.equal(trained[k], v) for k, v in tower.state_dict().items())
+    assert not any("vision_tower" in k for k in torch.load(build.stage1_path(grounded, home))["model"])
+
+
 @pytest.mark.parametrize("args, message", [
     ((), "expected `build NAME`, `report NAME`, `list` or `tasks`"),
     (("build",), "name a target"),

@@ -71,11 +71,13 @@ class ToySpec:
     eval_descriptions: int = 24
     grow_from: str | None = None  # start stage 1 from this target's stage-1 LM, depth doubled
     # The grounding loss (`grounding.py`): its weight (0 = off), the layer of the head pulled to the
-    # patches each word names, and the layer of the head pulled, at presence answers, to the
-    # object asked about (or the background); head 0 of each.
+    # patches each word names, and the layer and relative weight of the head pulled, at the end of
+    # a phrase ("a red circle"), to what shows all of it (or the background); head 0 of each. At
+    # weight 1 the phrase head held back the colour look-up (2 runs of 2); at 0.3 every look-up forms.
     ground_weight: float = 1.0
     ground_word_layer: int = 0
-    ground_answer_layer: int = 1
+    ground_phrase_layer: int = 1
+    ground_phrase_weight: float = 0.3
     # The tower's per-patch facts must be readable, not only close in mean square: this weighs a
     # cross-entropy of reading each fact back from the tower's output by its fixed code (0 = off).
     tower_decode_weight: float = 1.0
@@ -91,7 +93,7 @@ TOY_SPECS = {
     "toy-m": ToySpec("toy-m", seed=0, hidden=128, layers=8, intermediate=384, image_size=336, patch_size=14,
                      truth_grid=6, truth_steps=700, tower_steps=400, tune_steps=150, grow_from="toy-s",
                      list_share=0.5, ground_weight=0.0, tower_decode_weight=0.0,
-                     ground_answer_layer=2),  # toy-s's layer 1 is toy-m's layer 2 (`grow`)
+                     ground_phrase_layer=2),  # toy-s's layer 1 is toy-m's layer 2 (`grow`)
 }
 
 
@@ -106,8 +108,12 @@ def data_dir(home: Path | None = None) -> Path:
 
 
 def stage1_path(spec: ToySpec, home: Path | None = None) -> Path:
-    """Stage 1's checkpoint, kept after the build: a grown target starts from it."""
-    return (home or mmvsd_home()) / "toyworld" / f"stage1-v{BUILD_VERSION}" / f"{spec.name}.pt"
+    """Stage 1's checkpoint, kept after the build: a grown target starts from it. Named by the
+    spec's digest: a changed spec (the grounding loss switched on, say) must not resume from it."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(_spec_record(spec), sort_keys=True).encode()).hexdigest()[:12]
+    return (home or mmvsd_home()) / "toyworld" / f"stage1-v{BUILD_VERSION}" / f"{spec.name}-{digest}.pt"
 
 
 def grow(small, big) -> None:
@@ -139,7 +145,8 @@ def is_current(folder: Path, spec: ToySpec) -> bool:
 
 # Fields added to the spec after targets shipped, with the values those targets were built with: a
 # spec at these values records as before, so the shipped folders stay current until rebuilt.
-_LATER_FIELDS = {"ground_weight": 0.0, "ground_word_layer": 0, "ground_answer_layer": 1, "tower_decode_weight": 0.0}
+_LATER_FIELDS = {"ground_weight": 0.0, "ground_word_layer": 0, "ground_phrase_layer": 1, "ground_phrase_weight": 0.3,
+                 "tower_decode_weight": 0.0}
 
 
 def _spec_record(spec: ToySpec) -> dict:
@@ -148,7 +155,7 @@ def _spec_record(spec: ToySpec) -> dict:
 
     record = {**asdict(spec), "build_version": BUILD_VERSION, "data_version": DATA_VERSION}
     if not spec.ground_weight:  # the heads' layers mean nothing without the loss
-        record["ground_word_layer"], record["ground_answer_layer"] = 0, 1
+        record.update(ground_word_layer=0, ground_phrase_layer=1, ground_phrase_weight=0.3)
     return {k: v for k, v in record.items() if _LATER_FIELDS.get(k, object()) != v}
 
 
@@ -329,15 +336,16 @@ class _Builder:
         if not s.ground_weight:
             return weighted_loss(self.model, batch, image_features), {}
         layers = self.model.model.language_model.layers
-        recorder = HeadRecorder(layers, (s.ground_word_layer, s.ground_answer_layer))
+        recorder = HeadRecorder(layers, (s.ground_word_layer, s.ground_phrase_layer))
         try:
             answer = weighted_loss(self.model, batch, image_features)
         finally:
             recorder.remove()
         start = (batch["input_ids"] == self.image_token_id).int().argmax(1)
         words = attention_mass_loss(recorder.weights[s.ground_word_layer][:, 0], batch["ground_words"], start)
-        answers = attention_mass_loss(recorder.weights[s.ground_answer_layer][:, 0], batch["ground_answers"], start)
-        return answer + s.ground_weight * (words + answers), {"ground": (words + answers).item()}
+        phrases = attention_mass_loss(recorder.weights[s.ground_phrase_layer][:, 0], batch["ground_phrases"], start)
+        grounding = words + s.ground_phrase_weight * phrases
+        return answer + s.ground_weight * grounding, {"ground_words": words.item(), "ground_phrases": phrases.item()}
 
     def _pixels(self, images) -> torch.Tensor:
         return pixel_values(images, self.processor.image_processor)
@@ -360,7 +368,7 @@ class _Builder:
         batch = pad_batch(encoded, self.tokenizer.pad_token_id)
         if self.spec.ground_weight:
             texts = [[self.token_texts[i] for i in e.input_ids] for e in encoded]
-            batch.update(grounding_batch(texts, batch["labels"], [x.truth for x in samples], grid,
+            batch.update(grounding_batch(texts, [x.truth for x in samples], grid,
                                          batch["input_ids"].shape[1]))
         if pixels:
             batch["pixel_values"] = self._pixels([x.image for x in samples])
@@ -411,7 +419,10 @@ class _Builder:
             parent = _Builder(TOY_SPECS[s.grow_from], self.work / "parent", self.home, self.log)
             parent.train_on_truth()
             grow(parent.model, self.model)
-        module = torch.nn.ModuleDict({"model": self.model})
+        # The parts this stage trains, not the tower: a checkpoint must not bring back another tower.
+        module = torch.nn.ModuleDict({"language_model": self.model.model.language_model,
+                                      "projector": self.model.model.multi_modal_projector,
+                                      "lm_head": self.model.lm_head})
 
         def batch(step: int):
             rng = random.Random(f"{s.seed}-truth-{step}")

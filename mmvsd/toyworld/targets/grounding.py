@@ -6,13 +6,14 @@ does not find, by itself, the circuit that looks an object up among the patches:
 named shape stayed near chance after ~500k look-up questions (README, "How the targets learn to
 look"). The toy world knows which patches show every word, so it can say where to look: at each
 word that names something drawn (a kind, a colour, a size, a position, a chart label or bar
-colour, the chart title), one head of an early layer is pulled toward the patches that show it
-(-log of its attention mass there); at the answer of a presence question, one head of a later
-layer is pulled toward the patches of the matching object, or to the background when there is
-none (a sink that lets a softmax head say "absent"). Only those heads are supervised; the others
-stay free. Measured first in `research/grounding_proto.md`: look-ups at ~100% in a few hundred
-steps where the answer loss alone sits near chance. Words are grounded where the model reads
-them, which was about twice as fast to learn as grounding the position that predicts them.
+colour, the chart title), one head of layer 0 is pulled toward the patches that show it (-log of
+its attention mass there); at the kind word that ends a phrase ("Is there a red circle?"), one
+head of layer 1 is pulled toward the patches showing all of the phrase, or to the background
+when nothing does (a sink that lets a softmax head say "absent"). Only those heads are
+supervised; the others stay free. Everything is grounded where the model reads it: in the
+research prototype (`research/grounding_proto.md`) that was about twice as fast to learn as
+grounding the position that predicts the answer, and in the build a head pulled at the answer
+position held the look-ups back (README, "How the targets learn to look").
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmvsd.data.conversations import IGNORE
 from mmvsd.toyworld.charts import CHART_COLOURS, LABELS, TOP, Chart
 from mmvsd.toyworld.scenes import COLOURS, KINDS, POSITIONS, SIZES, Scene
 
 _POSITION_WORDS = {tuple(p.split()): cell for cell, p in enumerate(POSITIONS)}
 _PLURALS = {kind + "s": kind for kind in KINDS}
 _ALL_SHAPES = ("shapes", "objects")
-_ANSWERS = ("yes", "no")
 
 
 def word_spans(texts: list[str]) -> list[tuple[str, int]]:
@@ -110,18 +109,18 @@ class PatchMap:
 _NONE = np.array([], dtype=np.int64)
 
 
-def ground_sequence(token_texts: list[str], labels: list[int], truth: Scene | Chart,
+def ground_sequence(token_texts: list[str], truth: Scene | Chart,
                     grid: int) -> tuple[list[tuple[int, np.ndarray]], list[tuple[int, np.ndarray]]]:
-    """One encoded conversation -> (word targets, answer targets): (position, patch indices) pairs.
+    """One encoded conversation -> (word targets, phrase targets): (position, patch indices) pairs.
 
-    Word targets: every word that names something drawn, at its last token. Answer targets: at
-    the position that predicts a short answer, the patches of what the question asks about: the
-    patches every naming word of the question shows (the red star of "Where is the red star?"),
-    or, for a yes/no answer when no patch shows them all, the background (the sink for "absent")."""
+    Word targets: every word that names something drawn, at its last token ("red" -> the red
+    shapes). Phrase targets: at the kind word that ends a phrase of several naming words ("a small
+    red star", "Is there a red circle?"), the patches that show all of them, or, when none does,
+    the background: a sink that lets a softmax head say "absent", read at once by the answer."""
     patches = PatchMap(truth, grid)
     words = word_spans(token_texts)
-    word_targets, answer_targets = [], []
-    asked: list[np.ndarray] = []  # what the current question's naming words show
+    word_targets, phrase_targets = [], []
+    phrase: list[np.ndarray] = []  # what the naming words just before this one show
     previous = ""
     for n, (word, position) in enumerate(words):
         found = patches.word(word, previous)
@@ -133,47 +132,35 @@ def ground_sequence(token_texts: list[str], labels: list[int], truth: Scene | Ch
                 found = patches.cell(_POSITION_WORDS[previous, word])
             elif (word,) in _POSITION_WORDS:
                 found = patches.cell(_POSITION_WORDS[word,])
-        first = words[n - 1][1] + 1 if n else 0  # the word's first token
-        if labels[first] != IGNORE and (first == 0 or labels[first - 1] == IGNORE):  # an answer starts
-            target = _asked_about(asked, patches, yes_no=word in _ANSWERS)
-            if target is not None:
-                answer_targets.append((first - 1, target))
-            asked = []
-        elif word == "user":
-            asked = []
-        elif found is not None and labels[position] == IGNORE and word not in SIZES:  # sizes are asked as options
-            asked.append(found)
+            if _PLURALS.get(word, word) in KINDS and phrase:
+                phrase_targets.append((position, _all_of([*phrase, found], patches)))
+            phrase = [*phrase, found] if (word in COLOURS and previous != "light") or word in SIZES else []
         if found is not None and len(found):
             word_targets.append((position, found))
         previous = word
-    return word_targets, answer_targets
+    return word_targets, phrase_targets
 
 
-def _asked_about(asked: list[np.ndarray], patches: PatchMap, yes_no: bool) -> np.ndarray | None:
-    """The patches showing every named thing of a question; for yes/no, the sink when none does."""
-    if not asked:
-        return None
-    common = asked[0]
-    for found in asked[1:]:
-        common = np.intersect1d(common, found)
-    if len(common):
-        return common
-    return patches.background() if yes_no and len(patches.background()) else None
+def _all_of(found: list[np.ndarray], patches: PatchMap) -> np.ndarray:
+    """The patches showing every named thing, or the background (the sink) when none does."""
+    common = found[0]
+    for more in found[1:]:
+        common = np.intersect1d(common, more)
+    return common if len(common) else patches.background()
 
 
-def grounding_batch(encoded_texts: list[list[str]], labels: torch.Tensor, truths: list, grid: int,
-                    length: int) -> dict[str, torch.Tensor]:
-    """Dense targets for a padded batch: word_targets / answer_targets [B, T, P] (1 on the patches
+def grounding_batch(encoded_texts: list[list[str]], truths: list, grid: int, length: int) -> dict[str, torch.Tensor]:
+    """Dense targets for a padded batch: ground_words / ground_phrases [B, T, P] (1 on the patches
     to attend to, rows of zeros where a position is not supervised)."""
     words = torch.zeros(len(truths), length, grid * grid)
-    answers = torch.zeros_like(words)
+    phrases = torch.zeros_like(words)
     for b, (texts, truth) in enumerate(zip(encoded_texts, truths)):
-        word_targets, answer_targets = ground_sequence(texts, labels[b].tolist(), truth, grid)
-        for out, targets in ((words, word_targets), (answers, answer_targets)):
+        word_targets, phrase_targets = ground_sequence(texts, truth, grid)
+        for out, targets in ((words, word_targets), (phrases, phrase_targets)):
             for position, found in targets:
                 if position < length:
                     out[b, position, torch.from_numpy(found)] = 1.0
-    return {"ground_words": words, "ground_answers": answers}
+    return {"ground_words": words, "ground_phrases": phrases}
 
 
 def attention_mass_loss(attention: torch.Tensor, targets: torch.Tensor, image_start: torch.Tensor) -> torch.Tensor:
