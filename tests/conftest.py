@@ -62,3 +62,15 @@ def random_prompt(rng: random.Random) -> str:
 @pytest.fixture
 def rng():
     return random.Random(1234)
+
+
+def toy_home(tmp_path_factory, sizes: dict[str, int]):
+    """A $MMVSD_HOME whose toy-world datasets are this small, so that builds take seconds."""
+    from mmvsd.toyworld.data import build_datasets
+    from mmvsd.toyworld.targets.build import data_dir
+
+    home = tmp_path_factory.mktemp("mmvsd-home")
+    folder = data_dir(home)
+    build_datasets(folder, seed=0, image_size=128, sizes=sizes)
+    (folder / "done").write_text("ok\n")
+    return home

@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import toy_home
 
 from mmvsd.toyworld.charts import Chart
 from mmvsd.toyworld.scenes import Scene, Shape
@@ -92,14 +93,7 @@ def test_attention_mass_loss_is_zero_when_all_mass_is_on_target_and_log_share_wh
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    from mmvsd.toyworld.data import build_datasets
-    from mmvsd.toyworld.targets.build import data_dir
-
-    home = tmp_path_factory.mktemp("mmvsd-home")
-    folder = data_dir(home)
-    build_datasets(folder, seed=0, image_size=128, sizes={"train": 8, "validation": 2, "test": 4})
-    (folder / "done").write_text("ok\n")
-    return home
+    return toy_home(tmp_path_factory, {"train": 8, "validation": 2, "test": 4})
 
 
 def word_head_mass(builder) -> float:

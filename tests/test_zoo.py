@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import toy_home
 from mmvsd.toyworld.targets.build import TOY_SPECS, build_target, data_dir, is_built
-from mmvsd.toyworld.data import build_datasets
 
 MICRO = dataclasses.replace(TOY_SPECS["toy-s"], name="micro-a", vision_hidden=32, vision_layers=2, hidden=64,
                             layers=1, intermediate=128, head_dim=16, truth_steps=3, tower_steps=2, tune_steps=2,
@@ -19,12 +19,7 @@ MICRO = dataclasses.replace(TOY_SPECS["toy-s"], name="micro-a", vision_hidden=32
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """A $MMVSD_HOME whose toy-world datasets are small, so that builds take seconds."""
-    home = tmp_path_factory.mktemp("mmvsd-home")
-    folder = data_dir(home)
-    build_datasets(folder, seed=0, image_size=128, sizes={"train": 40, "validation": 4, "test": 12})
-    (folder / "done").write_text("ok\n")
-    return home
+    return toy_home(tmp_path_factory, {"train": 40, "validation": 4, "test": 12})
 
 
 def weights(folder):
