@@ -131,7 +131,7 @@ def _family(name: str) -> str:
 
 
 def _quiz(model, batch, families: list[str], features) -> dict[str, float]:
-    from mmvsd.toyworld.targets.build import answers_right
+    from mmvsd.toyworld.targets.steps import answers_right
 
     model.eval()
     with torch.no_grad():

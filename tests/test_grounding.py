@@ -102,7 +102,7 @@ def word_head_mass(builder) -> float:
     import random
 
     from mmvsd.toyworld.data import random_sample
-    from mmvsd.toyworld.targets.build import answer_logits
+    from mmvsd.toyworld.targets.steps import answer_logits
     from mmvsd.toyworld.targets.grounding import HeadRecorder, grounding_batch
 
     rng = random.Random("held-out")

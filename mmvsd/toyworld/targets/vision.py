@@ -184,8 +184,8 @@ class TruthFeatures(nn.Module):
     def decode_loss(self, features: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of reading each patch fact back from `features` [B, P, dim]: the scores of
         a fact's classes are the dot products with their fixed codes. A tower that is close in mean
-        square can still blur the facts a look-up needs (measured on the shipped toy-s tower: kind
-        60%, cell 30%, chart label 6% read back this way, colour 94%); this loss asks for them."""
+        square can still blur the facts a look-up needs (measured on the shipped toy-s tower: colour
+        99%, chart value 26%, chart label 19% read back this way); this loss asks for them."""
         total = features.new_zeros(())
         for name, table in self.patch.items():
             labels = targets[name]
