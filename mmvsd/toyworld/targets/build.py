@@ -76,21 +76,21 @@ class ToySpec:
     ground_word_layer: int = 0
     ground_phrase_layer: int = 1
     ground_phrase_weight: float = 0.3
-    # The tower's per-patch facts must be readable, not only close in mean square: this weighs a
-    # cross-entropy of reading each fact back from the tower's output by its fixed code (0 = off).
-    tower_decode_weight: float = 1.0
+    # A cross-entropy of reading each per-patch fact back from the tower's output by its fixed
+    # code (0 = off). It makes the chart facts readable (value 0.38 -> 0.99), but the language
+    # model tuned on such a tower kept fewer global facts (README): off until that is understood.
+    tower_decode_weight: float = 0.0
 
 
 TOY_SPECS = {
     # The shipped toy-s and toy-m were built before the grounding loss (ground_weight=0 reproduces
     # them); rebuilt with it, they are shipped again once they meet the aims of issue 23.
     "toy-s": ToySpec("toy-s", seed=0, hidden=128, layers=4, intermediate=384, image_size=128, patch_size=16,
-                     truth_grid=6, truth_steps=2000, tower_steps=1000, tune_steps=300, ground_weight=0.0,
-                     tower_decode_weight=0.0),
+                     truth_grid=6, truth_steps=2000, tower_steps=1000, tune_steps=300, ground_weight=0.0),
     # LLaVA-1.5's image geometry: 336 px, patch 14, 576 image tokens; a deeper LM.
     "toy-m": ToySpec("toy-m", seed=0, hidden=128, layers=8, intermediate=384, image_size=336, patch_size=14,
                      truth_grid=6, truth_steps=700, tower_steps=400, tune_steps=150, grow_from="toy-s",
-                     list_share=0.5, ground_weight=0.0, tower_decode_weight=0.0,
+                     list_share=0.5, ground_weight=0.0,
                      ground_phrase_layer=2),  # toy-s's layer 1 is toy-m's layer 2 (`grow`)
 }
 
