@@ -52,7 +52,7 @@ def main(cfg: AblationConfig) -> None:
     from mmvsd.toyworld.targets import build
 
     wanted = None if cfg.families == "all" else set(cfg.families.split(","))
-    _check_families(wanted, cfg.chart_share)
+    _check(cfg, wanted)
     torch.manual_seed(cfg.seed)
     spec = dataclasses.replace(build.TOY_SPECS["toy-s"], seed=cfg.seed, ground_weight=cfg.ground_weight,
                                ground_phrase_weight=cfg.phrase_weight)
@@ -74,8 +74,10 @@ def main(cfg: AblationConfig) -> None:
 
     def batch(rng: random.Random, n: int, suffix_share: float):
         drawn = [draw(rng) for _ in range(n)]
-        turns = [[(qa.question + (SHORT_ANSWER if rng.random() < suffix_share else ""), qa.answer)] for _, qa in drawn]
-        return [_family(qa.family) for _, qa in drawn], builder._collate([s for s, _ in drawn], turns, grid, cfg.tower)
+        turns = [[(qa.question + (SHORT_ANSWER if rng.random() < suffix_share else ""), qa.answer)]
+                 for _, qa in drawn]
+        families = [_family(qa.family) for _, qa in drawn]
+        return families, builder._collate([s for s, _ in drawn], turns, grid, pixels=bool(cfg.tower))
 
     def features(b):
         if not cfg.tower:
@@ -92,7 +94,8 @@ def main(cfg: AblationConfig) -> None:
     bar = tqdm(range(cfg.steps + 1), desc="look-ups", unit="step", dynamic_ncols=True)
     for step in bar:
         if step % 50 == 0 or step == cfg.steps:
-            curve.append({"step": step, "seconds": round(time.time() - start), **_quiz(model, quiz, quiz_families, features)})
+            accuracy = _quiz(model, quiz, quiz_families, features)
+            curve.append({"step": step, "seconds": round(time.time() - start), **accuracy})
             tqdm.write(" ".join(f"{k} {v}" for k, v in curve[-1].items()))
         if step == cfg.steps:
             break
@@ -111,11 +114,19 @@ SCENE_FAMILIES = ("count", "count_kind", "background", "colour", "shape", "posit
 CHART_FAMILIES = ("chart_value", "chart_highest", "chart_lowest", "chart_count", "chart_title", "chart_difference")
 
 
-def _check_families(wanted: set[str] | None, chart_share: float) -> None:
+def _check(cfg: AblationConfig, wanted: set[str] | None) -> None:
+    """Refuse, before any work, what would fail or hang later."""
     from mmvsd.errors import UserError
 
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise UserError(f"steps={cfg.steps} and batch_size={cfg.batch_size} must both be at least 1")
+    if not 0 <= cfg.chart_share <= 1:  # also refuses nan
+        raise UserError(f"chart_share={cfg.chart_share} must be between 0 and 1")
+    if cfg.json and not Path(cfg.json).resolve().parent.is_dir():
+        raise UserError(f"json={cfg.json}: its folder does not exist; create it or write elsewhere")
     if wanted is None:
         return
+    chart_share = cfg.chart_share
     unknown = wanted - set(SCENE_FAMILIES) - set(CHART_FAMILIES)
     if unknown:
         raise UserError(f"unknown families {', '.join(sorted(unknown))}; choose among "

@@ -105,13 +105,18 @@ def data_dir(home: Path | None = None) -> Path:
     return (home or mmvsd_home()) / "toyworld" / f"data-v{DATA_VERSION}"
 
 
-def stage1_path(spec: ToySpec, home: Path | None = None) -> Path:
-    """Stage 1's checkpoint, kept after the build: a grown target starts from it. Named by the
-    spec's digest: a changed spec (the grounding loss switched on, say) must not resume from it."""
+def spec_digest(spec: ToySpec) -> str:
+    """Names what a build of `spec` leaves behind (stage-1 checkpoint, work folder): a changed spec,
+    or a changed parent of a grown one, must not resume from them."""
     import hashlib
 
-    digest = hashlib.sha256(json.dumps(_spec_record(spec), sort_keys=True).encode()).hexdigest()[:12]
-    return (home or mmvsd_home()) / "toyworld" / f"stage1-v{BUILD_VERSION}" / f"{spec.name}-{digest}.pt"
+    records = [_spec_record(spec)] + ([_spec_record(TOY_SPECS[spec.grow_from])] if spec.grow_from else [])
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stage1_path(spec: ToySpec, home: Path | None = None) -> Path:
+    """Stage 1's checkpoint, kept after the build: a grown target starts from it."""
+    return (home or mmvsd_home()) / "toyworld" / f"stage1-v{BUILD_VERSION}" / f"{spec.name}-{spec_digest(spec)}.pt"
 
 
 def grow(small, big) -> None:
@@ -244,17 +249,17 @@ def build_target(spec: ToySpec, home: Path | None = None, log=print) -> Path:
 
 def _build(spec: ToySpec, out: Path, home: Path | None, log) -> Path:
     start = time.time()
-    work = out.with_name(f".{spec.name}.work")
+    work = out.with_name(f".{spec.name}-{spec_digest(spec)}.work")  # its tower.pt and tune.pt are this spec's
     work.mkdir(parents=True, exist_ok=True)
     builder = _Builder(spec, work, home or mmvsd_home(), log)
     builder.train_tower()
     builder.train_on_truth()
     curve = builder.tune()
+    builder.model.model.language_model.set_attn_implementation("sdpa")  # measured as it is saved
     report = builder.evaluate()
     report.update(build_seconds=round(time.time() - start), training_curve=curve, spec=asdict(spec))
     tmp = out.with_name(f".{spec.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    builder.model.model.language_model.set_attn_implementation("sdpa")
     builder.model.save_pretrained(tmp)
     builder.processor.save_pretrained(tmp)
     (tmp / "report.json").write_text(json.dumps(report, indent=2))
@@ -358,13 +363,17 @@ class _Builder:
 
         return collate_targets([targets_for(x.truth, grid * 8, grid) for x in samples])
 
-    def _collate(self, samples, conversations, grid: int, pixels: bool) -> dict[str, torch.Tensor]:
+    def _collate(self, samples, conversations, grid: int, pixels: bool,
+                 grounded: bool = True) -> dict[str, torch.Tensor]:
+        """Token ids, labels, the image (pixels or ground-truth targets) and, for training batches of
+        a grounded spec, the grounding targets (dense [B, T, P]: left out of quizzes, which never
+        use them)."""
         from mmvsd.toyworld.targets.grounding import grounding_batch
 
         encoded = [encode_conversation(self.tokenizer, turns, self.image_token_id, grid * grid)
                    for turns in conversations]
         batch = pad_batch(encoded, self.tokenizer.pad_token_id)
-        if self.spec.ground_weight:
+        if self.spec.ground_weight and grounded:
             texts = [[self.token_texts[i] for i in e.input_ids] for e in encoded]
             batch.update(grounding_batch(texts, [x.truth for x in samples], grid,
                                          batch["input_ids"].shape[1]))
@@ -384,7 +393,7 @@ class _Builder:
             samples.append(sample)
             turns.append([(qa.question, qa.answer)])
             families.append(qa.family)
-        return families, self._collate(samples, turns, grid, pixels)
+        return families, self._collate(samples, turns, grid, pixels, grounded=False)
 
     def _control(self, stage: str, quiz, features) -> callable:
         """Held-out accuracy per question family during a stage, kept in the training curve."""
@@ -418,8 +427,9 @@ class _Builder:
             parent.train_on_truth()
             grow(parent.model, self.model)
         # The parts this stage trains, not the tower: a checkpoint must not bring back another tower.
-        module = torch.nn.ModuleDict({"language_model": self.model.model.language_model,
-                                      "projector": self.model.model.multi_modal_projector,
+        # In the model's own order, so that gradient clipping sums as it did for the shipped targets.
+        module = torch.nn.ModuleDict({"projector": self.model.model.multi_modal_projector,
+                                      "language_model": self.model.model.language_model,
                                       "lm_head": self.model.lm_head})
 
         def batch(step: int):
@@ -436,7 +446,7 @@ class _Builder:
 
         control = self._control("truth", self._quiz(s.truth_grid, pixels=False), truth_features)
         train_loop("language model on ground-truth features", module, s.truth_steps, batch, loss, s.lm_lr,
-               checkpoint, control=control, control_every=max(1, s.truth_steps // 10))
+                   checkpoint, control=control, control_every=max(1, s.truth_steps // 10))
         return self.curve
 
     # ---------------------------------------------------------------- stage 2: a tower that produces them
@@ -499,7 +509,7 @@ class _Builder:
             return {**quiz_control(step), "heldout": right, "shuffled": wrong}
 
         train_loop("language model on the tower", self.model, s.tune_steps, self._batch_on_pixels, loss, s.tune_lr,
-               self.work / "tune.pt", control=control, control_every=max(1, s.tune_steps // 3))
+                   self.work / "tune.pt", control=control, control_every=max(1, s.tune_steps // 3))
         self.model.eval()
         return self.curve
 

@@ -11,7 +11,7 @@ its attention mass there); at the kind word that ends a phrase ("Is there a red 
 head of layer 1 is pulled toward the patches showing all of the phrase, or to the background
 when nothing does (a sink that lets a softmax head say "absent"). Only those heads are
 supervised; the others stay free. Everything is grounded where the model reads it: in the
-research prototype (`research/grounding_proto.md`) that was about twice as fast to learn as
+research prototype (the team's shared/research/grounding_proto.md) that was about twice as fast to learn as
 grounding the position that predicts the answer, and in the build a head pulled at the answer
 position held the look-ups back (README, "How the targets learn to look").
 """

@@ -53,7 +53,7 @@ def pixel_values(images, image_processor) -> torch.Tensor:
 
 
 def train_loop(name: str, module: torch.nn.Module, steps: int, make_batch, loss_fn, lr: float, checkpoint: Path,
-           control=None, control_every: int = 0, checkpoint_every: int = 50) -> None:
+               control=None, control_every: int = 0, checkpoint_every: int = 50) -> None:
     """A resumable loop: batches are a function of the step, so a restart sees the same data.
 
     It shares mmvsd.train's optimizer, schedule and atomic checkpoints but not its `Run`: this
