@@ -39,7 +39,7 @@ class AblationConfig:
     batch_size: int = opt(64, "questions (one per image) per step")
     lr: float = opt(1e-3, "AdamW learning rate")
     seed: int = opt(0, "seed of the model, tokenizer and data")
-    tower: str | None = opt(None, "a built toy-s folder: learn on its tower's own features instead of ground truth")
+    tower: str | None = opt(None, "toy-s or a built toy-s folder: learn on its tower's own features, not ground truth")
     out: str = opt("runs/grounding-ablation", "where the tokenizer is kept (the toy datasets come from $MMVSD_HOME)")
     json: str | None = opt(None, "write the quiz curve here too")
     dry_run: bool = opt(False, "print the resolved config and exit")
@@ -155,18 +155,15 @@ def _quiz(model, batch, families: list[str], features) -> dict[str, float]:
 
 
 def _load_tower(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-
+    """The tower of a built toy-s (a folder, or `toy-s`), loaded into the fresh model."""
     from mmvsd.errors import UserError
+    from mmvsd.models import load_target
 
-    if not (folder / "model.safetensors").is_file():
-        raise UserError(f"tower={folder} has no model.safetensors; give a built toy-s folder")
-    state = load_file(str(folder / "model.safetensors"))
-    tower = {k.split("vision_tower.", 1)[1]: v for k, v in state.items() if "vision_tower." in k}
+    tower = load_target(str(folder)).model.model.vision_tower
     try:
-        model.model.vision_tower.load_state_dict(tower)
+        model.model.vision_tower.load_state_dict(tower.state_dict())
     except RuntimeError:
-        raise UserError(f"the tower in {folder} is not toy-s's (other shapes); give a built toy-s folder") from None
+        raise UserError(f"the tower of {folder} is not toy-s's (other shapes); give a built toy-s folder") from None
 
 
 if __name__ == "__main__":

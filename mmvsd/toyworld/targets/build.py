@@ -158,7 +158,8 @@ def _spec_record(spec: ToySpec) -> dict:
 
     record = {**asdict(spec), "build_version": BUILD_VERSION, "data_version": DATA_VERSION}
     if not spec.ground_weight:  # the heads' layers mean nothing without the loss
-        record.update(ground_word_layer=0, ground_phrase_layer=1, ground_phrase_weight=0.3)
+        layers = ("ground_word_layer", "ground_phrase_layer", "ground_phrase_weight")
+        record.update({k: _LATER_FIELDS[k] for k in layers})
     return {k: v for k, v in record.items() if _LATER_FIELDS.get(k, object()) != v}
 
 

@@ -11,9 +11,9 @@ its attention mass there); at the kind word that ends a phrase ("Is there a red 
 head of layer 1 is pulled toward the patches showing all of the phrase, or to the background
 when nothing does (a sink that lets a softmax head say "absent"). Only those heads are
 supervised; the others stay free. Everything is grounded where the model reads it: in the
-research prototype (the team's shared/research/grounding_proto.md) that was about twice as fast to learn as
-grounding the position that predicts the answer, and in the build a head pulled at the answer
-position held the look-ups back (README, "How the targets learn to look").
+research prototype (the team's shared/research/grounding_proto.md) that was about twice as fast
+to learn as grounding the position that predicts the answer, and in the build a head pulled at
+the answer position held the look-ups back (README, "How the targets learn to look").
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class PatchMap:
                 rows = np.arange(self.grid * self.grid) // self.grid
                 return np.flatnonzero((rows + 0.5) / self.grid < TOP)
             return None
-        if word in COLOURS and previous != "light":  # "light blue" is a background, not a shape's colour
+        if _shape_colour(word, previous):
             return self._shapes(lambda s: s.colour == word)
         kind = _PLURALS.get(word, word)
         if kind in KINDS:
@@ -107,6 +107,11 @@ class PatchMap:
 
 
 _NONE = np.array([], dtype=np.int64)
+
+
+def _shape_colour(word: str, previous: str) -> bool:
+    """Does `word` name a shape's colour? ("light blue" is a background.)"""
+    return word in COLOURS and previous != "light"
 
 
 def ground_sequence(token_texts: list[str], truth: Scene | Chart,
@@ -134,7 +139,7 @@ def ground_sequence(token_texts: list[str], truth: Scene | Chart,
                 found = patches.cell(_POSITION_WORDS[word,])
             if _PLURALS.get(word, word) in KINDS and phrase:
                 phrase_targets.append((position, _all_of([*phrase, found], patches)))
-            phrase = [*phrase, found] if (word in COLOURS and previous != "light") or word in SIZES else []
+            phrase = [*phrase, found] if _shape_colour(word, previous) or word in SIZES else []
         if found is not None and len(found):
             word_targets.append((position, found))
         previous = word
