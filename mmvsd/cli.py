@@ -24,7 +24,7 @@ import yaml
 from mmvsd.errors import UserError
 
 T = TypeVar("T")
-RECIPES_DIR = Path(str(resources.files("mmvsd") / "recipes"))  # package data: found after `pip install .` too
+RECIPES_DIR = Path(str(resources.files("mmvsd.recipes")))  # recipes/, installed as this package (pyproject.toml)
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 PRESET = "<preset>"  # where `group=NAME` is kept among the group's fields until the group is built
 

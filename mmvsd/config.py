@@ -157,8 +157,9 @@ class BenchConfig(TargetSettings):
     """`python -m mmvsd.bench`: the target alone vs speculative decoding, same inputs, one process."""
 
     target: str = opt("tiny-random", TARGET_HELP)
-    drafter: str = opt("eagle", lambda: f"a drafter folder or shipped drafter, a kind ({', '.join(_drafter_kinds())}) "
-                                        "for an untrained one, or oracle (the engine's cost alone)")
+    drafter: str = opt("eagle", lambda: f"a drafter folder (mmvsd's or an author's release), a cached hub id, a shipped "
+                                        f"drafter, a kind ({', '.join(_drafter_kinds())}) for an untrained one, or "
+                                        "oracle (the engine's cost alone)")
     oracle: OracleConfig = opt(OracleConfig, "drafter=oracle: how often its proposals are right")
     draft_vocab: int = opt(0, "an untrained drafter drafts over N token ids only (EOS and the lowest ids; 0 = all): "
                               "measures a reduced head's cost (a trained drafter brings its own draft vocabulary)")
@@ -196,7 +197,8 @@ class BenchConfig(TargetSettings):
 class LmmsConfig(TargetSettings):
     """`python -m lmms_eval --model mmvsd --model_args key=value,...`: the bench's keys, comma-separated."""
 
-    drafter: str | None = opt(None, "a drafter folder, shipped drafter or kind; absent: the target alone")
+    drafter: str | None = opt(None, "a drafter folder (mmvsd's or an author's release), cached hub id, shipped "
+                                    "drafter or kind; absent: the target alone")
     temperature: float = opt(0.0, "0 = greedy; > 0 samples (a task's generation_kwargs override it)")
     top_p: float = opt(1.0, "nucleus sampling on the target side (a task's generation_kwargs override it)")
     top_k: int = opt(0, "keep the k most likely tokens on the target side (0 = off; generation_kwargs override it)")
@@ -213,7 +215,8 @@ class LmmsConfig(TargetSettings):
 class DemoConfig(TargetSettings):
     """`mmvsd demo` (or `python demo/app.py`): the Gradio demo."""
 
-    drafter: str | None = opt(None, "a drafter folder, shipped drafter or kind (default: the MSD drafter shipped for "
+    drafter: str | None = opt(None, "a drafter folder (mmvsd's or an author's release), cached hub id, shipped "
+                                    "drafter or kind (default: the MSD drafter shipped for "
                                     "the toy target, or one trained once for another target)")
     tree: TreeConfig = opt(TreeConfig, "the tree sliders' starting shape")
     max_new_tokens: int = opt(96, "the longest answer (the slider's maximum)")
@@ -263,7 +266,7 @@ class TrainConfig(TargetSettings):
     """`python -m mmvsd.train recipe=NAME`: train a drafter on a target's own features."""
 
     drafter: str = opt("msd", lambda: f"a drafter kind ({', '.join(_drafter_kinds())}) to start untrained, or a "
-                                      "drafter folder")
+                                      "drafter to start from: a folder (mmvsd's or an author's release) or a cached hub id")
     output_dir: str | None = opt(None, "where the run is written (default runs/train)")
     data: str | None = opt(None, "LLaVA/ShareGPT .json or target-answers .jsonl; default: fresh toy-world conversations", data=True)
     image_folder: str | None = opt(None, "folder the data file's image paths are relative to (default: its folder)", data=True)

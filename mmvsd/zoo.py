@@ -7,6 +7,8 @@
     python -m mmvsd.zoo build toy-m ship=true   # rebuild, then copy it into the package (maintainers)
     python -m mmvsd.zoo tasks            # the lmms-eval task files with the toy test splits: prints the
                                          # folder to pass as --include_path (made once, under $MMVSD_HOME)
+    python -m mmvsd.zoo export runs/toy_msd/drafter out/msd layout=msd   # a trained drafter in its
+                                         # authors' layout (EAGLE, MSD or ViSpec: key names, file, config)
 
 toy-s and toy-m ship trained inside the package (mmvsd/weights/targets): nothing is built on the
 way to a benchmark. A build lives under $MMVSD_HOME/targets (default ~/.cache/mmvsd), next to the
@@ -34,6 +36,9 @@ class ZooConfig:
     force: bool = opt(False, "rebuild even if the target is already built")
     ship: bool = opt(False, "`build`: copy the built target into the package (mmvsd/weights/targets)")
     remeasure: int = opt(0, "`report`: measure again now on this many held-out questions per family (0: no)")
+    layout: str = opt("", "`export`: the authors' layout to write, eagle, msd or vispec (default: the drafter's kind)")
+    target: str = opt("", "`export`: the drafter's target, whose embedding the authors' files carry "
+                          "(default: the toy target the drafter was trained for)")
     threads: int = opt(0, THREADS_HELP)
     dry_run: bool = opt(False, "print the resolved config and exit")
 
@@ -97,6 +102,9 @@ def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
 
         print(task_folder(home, log=lambda m: print(m, file=sys.stderr)))
         return
+    if command == "export":
+        export(cfg, names)
+        return
     if command == "list":
         for name, spec in TOY_SPECS.items():
             for where, folder, ok in (("shipped", shipped_target_dir(name), is_current(shipped_target_dir(name), spec)),
@@ -144,16 +152,47 @@ def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
         print(folder)
 
 
+def export(cfg: ZooConfig, names: list[str]) -> None:
+    """`export FOLDER OUT`: an mmvsd drafter written in its authors' layout (drafters.layouts)."""
+    from mmvsd.drafters import drafter_folder, drafter_kind, load_drafter
+    from mmvsd.drafters.layouts import check_layout, write_authors
+    from mmvsd.models import load_target
+    from mmvsd.toyworld.targets.build import TOY_SPECS
+
+    if len(names) != 2:
+        raise UserError("export takes a drafter and an output folder: mmvsd zoo export FOLDER OUT layout=eagle|msd|vispec")
+    source, out = names
+    kind = drafter_kind(source)
+    layout = cfg.layout or kind
+    check_layout(layout, kind)  # before a model loads
+    out = check_output_dir(out, "OUT")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; export into a new folder")
+    if cfg.target:
+        target = load_target(cfg.target)
+    else:  # the toy target whose fingerprint the drafter's config records
+        recorded = json.loads((drafter_folder(source) / "config.json").read_text()).get("target")
+        target = next((t for t in map(load_target, TOY_SPECS) if t.fingerprint() == recorded), None)
+        if target is None:
+            raise UserError(f"{source} was not trained for a toy target: name its target, target=ID")
+    drafter = load_drafter(source, target)
+    if drafter.spec.draft_vocab:
+        print(f"note: the authors' layouts draft over the whole vocabulary; the drafter's draft_vocab of "
+              f"{len(drafter.spec.draft_vocab)} tokens is not written", file=sys.stderr)
+    print(write_authors(drafter, target.embed_tokens.weight, out, layout))
+
+
 def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     words = [a for a in argv if "=" not in a and not a.startswith("-")]
     options = [a for a in argv if a not in words]
     command, names = (words[0], words[1:]) if words else ("", [])
-    if command not in ("build", "report", "list", "tasks") and not any(a in ("-h", "--help") for a in argv):
-        print(f"error: expected `build NAME`, `report NAME`, `list` or `tasks`, got {' '.join(words) or 'nothing'} "
-              "(see --help)", file=sys.stderr)
+    if command not in ("build", "report", "list", "tasks", "export") and not any(a in ("-h", "--help") for a in argv):
+        print(f"error: expected `build NAME`, `report NAME`, `list`, `tasks` or `export FOLDER OUT`, got "
+              f"{' '.join(words) or 'nothing'} (see --help)", file=sys.stderr)
         return 2
-    return cli.run(ZooConfig, lambda cfg: main(cfg, command, names), "mmvsd zoo build|report NAME | list | tasks", __doc__, options)
+    return cli.run(ZooConfig, lambda cfg: main(cfg, command, names),
+                   "mmvsd zoo build|report NAME | list | tasks | export FOLDER OUT", __doc__, options)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ if [ "$GPUS" -ge 2 ]; then
   for config in fsdp deepspeed; do
     echo "== $GPUS GPUs, $config"
     rm -rf "$OUT/$config"
-    accelerate launch --config_file "mmvsd/recipes/accelerate/$config.yaml" --num_processes "$GPUS" -m mmvsd.train \
+    accelerate launch --config_file "recipes/accelerate/$config.yaml" --num_processes "$GPUS" -m mmvsd.train \
       "${ARGS[@]}" "output_dir=$OUT/$config" 2>&1 | tr '\r' '\n' | grep -E "^(trained|eval|error)" || true
   done
 fi

@@ -8,6 +8,7 @@ The screenshot in the README comes from the last test:
     MMVSD_DEMO_SCREENSHOT=docs/demo.png pytest -m browser tests/test_demo.py -k photographs
 """
 
+import contextlib
 import fcntl
 import html
 import json
@@ -38,12 +39,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def demo(request):
-    """Start demo/app.py (tiny-random target, untrained EAGLE drafter unless the parameters say
-    otherwise; later settings win) and yield its URL."""
+@contextlib.contextmanager
+def running_demo(*extra: str):
+    """demo/app.py on a free port (tiny-random target, untrained EAGLE drafter unless `extra` says
+    otherwise; later settings win): its URL while it runs."""
     port = free_port()
-    extra = getattr(request, "param", [])
     process = subprocess.Popen([sys.executable, str(ROOT / "demo" / "app.py"), "target=tiny-random", "drafter=eagle",
                                 f"port={port}", "max_new_tokens=24", *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -56,9 +56,18 @@ def demo(request):
         except OSError:
             time.sleep(0.5)
     assert process.poll() is None, process.stdout.read()
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def demo(request):
+    """A running demo (`running_demo`) with the test's parameters as extra settings."""
+    with running_demo(*getattr(request, "param", [])) as url:
+        yield url
 
 
 def generate_args(image: Path, prompt: str = "Describe the image.", *, max_new_tokens: int, depth: int, top_k: int,
@@ -100,6 +109,18 @@ def test_the_speculative_answer_equals_the_targets_with_a_tree_per_step(demo, tm
     with (tmp_path / "big.png").open("rb") as big:
         response = httpx.post(f"{demo}gradio_api/upload", files={"files": big}, timeout=60)
     assert response.status_code == 413 and "maximum allowed size" in response.text
+
+
+def test_a_released_drafter_runs_in_the_demo(tmp_path, tiny_target):
+    """An author's checkpoint (MSD's layout, drafter=FOLDER) drafts in the demo, lossless."""
+    from gradio_client import Client
+    from test_released_drafters import released
+
+    released(tiny_target, "msd", tmp_path / "msd")
+    with running_demo(f"drafter={tmp_path / 'msd'}") as url:
+        alone, _, spec, *_, status = Client(url, verbose=False).predict(
+            *generate_args(blue_image(tmp_path), **SHORT)[:-1], f"trained: {tmp_path / 'msd'}", api_name="/generate")
+    assert alone and spec == alone and status == "Done."
 
 
 def test_serving_beyond_this_machine_is_warned_about(tmp_path):

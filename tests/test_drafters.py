@@ -82,10 +82,12 @@ def test_a_drafter_for_another_target_is_refused(tmp_path, tiny_target):
 
 @pytest.mark.parametrize("breakage, message", [
     (lambda f: (f / "model.safetensors").unlink(), "missing model.safetensors"),
-    (lambda f: (f / "config.json").write_text("{oops"), "config.json is not a valid drafter config"),
+    (lambda f: (f / "config.json").write_text("{oops"), "config.json is not valid"),
     (lambda f: (f / "config.json").write_text(json.dumps({**json.loads((f / "config.json").read_text()),
                                                           "kind": "medusa"})), "unknown kind 'medusa'"),
     (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64), "cannot read its weights"),
+    (lambda f: (f / "config.json").write_text(json.dumps({k: v for k, v in json.loads((f / "config.json").read_text()).items()
+                                                          if k != "format"})), "written by an earlier mmvsd .format 1."),
 ])
 def test_broken_drafter_folders_are_refused(tmp_path, tiny_target, breakage, message):
     folder = save_drafter(build_drafter("eagle", tiny_target), tmp_path / "d")
@@ -127,7 +129,7 @@ def test_vispec_compresses_each_image_and_starts_as_eagle(tiny_target, rng):
     with torch.inference_mode():
         x, positions = drafter.embed_pairs(state, features, tokens)
         h, e = features[-3:], tokens[-3:]
-        fused, plain = drafter.fuse(state, h, e), drafter.fc(torch.cat([h, drafter.embed_tokens(e)], -1))
+        fused, plain = drafter.fuse(state, h, e), drafter.fc(torch.cat([drafter.embed_tokens(e), h], -1))
     n_image = tiny_target.num_image_tokens
     assert len(x) == len(tokens) - n_image + 1  # the image's tokens become one compressed token
     assert positions.tolist() == sorted(positions.tolist()) and positions[-1] == len(tokens)

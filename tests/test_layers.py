@@ -8,16 +8,17 @@ from mmvsd.drafters.layers import DecoderLayer, KVCache
 
 
 def twin_layers(hidden=64, heads=4, intermediate=96):
+    """transformers' Llama layer without its input norm (as EAGLE's layer 0) and ours, same weights."""
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=heads,
                          intermediate_size=intermediate, rms_norm_eps=1e-6, attn_implementation="sdpa")
     theirs = LlamaDecoderLayer(config, layer_idx=0).eval()
     for p in theirs.parameters():
         torch.nn.init.normal_(p, std=0.2)
+    theirs.input_layernorm = torch.nn.Identity()
     ours = DecoderLayer(hidden, heads, intermediate, rope_theta=10000.0)
     a = theirs.self_attn
     with torch.no_grad():
-        ours.input_norm.weight.copy_(theirs.input_layernorm.weight)
         ours.post_attention_norm.weight.copy_(theirs.post_attention_layernorm.weight)
         ours.qkv.weight.copy_(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
         ours.out.weight.copy_(a.o_proj.weight)

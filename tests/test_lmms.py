@@ -34,6 +34,19 @@ def test_lmms_eval_scores_speculative_answers_exactly_as_the_targets(tmp_path):
     assert "avg_acceptance_depth_3" in json.dumps(spec["throughput"])
 
 
+def test_a_released_drafter_answers_as_the_target_alone(tmp_path, tiny_target):
+    """An author's checkpoint (ViSpec's layout) through the plugin: drafter=FOLDER, same answers."""
+    from test_released_drafters import released
+
+    released(tiny_target, "vispec", tmp_path / "vispec")
+    build_datasets(tmp_path / "toy", seed=0, image_size=128, sizes={"train": 1, "validation": 1, "test": 2})
+    tasks = task_folder(tmp_path / "home", datasets=tmp_path / "toy")
+    alone = run_lmms_eval("target=tiny-random", ["mmvsd_vqav2"], tasks, tmp_path / "alone", limit=2)
+    spec = run_lmms_eval(f"target=tiny-random,drafter={tmp_path / 'vispec'}", ["mmvsd_vqav2"], tasks, tmp_path / "spec",
+                         limit=2)
+    assert alone["answers"]["mmvsd_vqav2"] == spec["answers"]["mmvsd_vqav2"] and "avg_tau" in json.dumps(spec["throughput"])
+
+
 def test_chair_counts_stated_facts_that_are_not_in_the_image():
     from mmvsd.lmms.describe import describe_process_results, pooled_share
     from mmvsd.toyworld.data import truth_json

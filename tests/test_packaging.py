@@ -22,6 +22,10 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_recipes_configs_and_weights(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
+    # pyproject.toml names its packages (for recipes/'s mapping): every module of the tree must be in
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "mmvsd").rglob("*.py") if "__pycache__" not in p.parts}
+    assert sources <= names, sorted(sources - names)
+    assert {f"mmvsd/recipes/{p.relative_to(ROOT / 'recipes').as_posix()}" for p in (ROOT / "recipes").rglob("*.yaml")} <= names
     recipes = {Path(n).stem for n in names if n.startswith("mmvsd/recipes/") and n.count("/") == 2}
     assert {"toy_msd", "toy_eagle", "toy_vispec", "llava7b_msd", "llava13b_vispec_vsd"} <= recipes
     assert {"mmvsd/recipes/accelerate/fsdp.yaml", "mmvsd/recipes/accelerate/deepspeed.yaml"} <= names

@@ -89,7 +89,7 @@ def test_vispec_trains_on_two_processes_through_text_only_batches(tmp_path):
 def test_fsdp_on_a_machine_without_gpus_is_refused_in_one_line(tmp_path):
     """accelerate's FSDP plugin needs an accelerator device: the launch says so and what to do instead."""
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                  "mmvsd/recipes/accelerate/fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no"]
+                  "recipes/accelerate/fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no"]
     result = subprocess.run([*accelerate, "-m", "mmvsd.train", "target=tiny-random", "steps=2", "eval_n=0",
                              f"output_dir={tmp_path / 'run'}"], env=ENV, capture_output=True, text=True, timeout=300,
                             cwd=Path(__file__).resolve().parents[1])

@@ -1,13 +1,16 @@
 """Drafters: build an untrained one by kind, save one as a folder, load one against a target.
 
-A drafter folder holds `config.json` (kind, sizes, the target's fingerprint) and
+A drafter folder written by mmvsd holds `config.json` (kind, sizes, the target's fingerprint) and
 `model.safetensors` (only the drafter's own weights; embedding and LM head come from the target).
+A folder in the authors' layout (EAGLE, MSD, ViSpec as released; `drafters.layouts`) loads too,
+named by path or by its hub id when it is in the local hub cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,7 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mmvsd.drafters import eagle, msd, vispec  # noqa: F401  (each registers its kind)
-from mmvsd.drafters.base import DRAFTERS, DrafterSpec, TrainableDrafter
+from mmvsd.drafters.base import DRAFTERS, FORMAT, DrafterSpec, TrainableDrafter
+from mmvsd.drafters.layouts import authors_kind, is_authors_folder, read_authors
 from mmvsd.errors import UserError
 from mmvsd.files import ordinary_modes
 from mmvsd.models.skinny import use_skinny_matmuls
@@ -52,25 +56,43 @@ def shipped_drafters() -> list[str]:
     return sorted(p.name for p in SHIPPED.glob("*") if (p / "config.json").is_file())
 
 
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
 def drafter_folder(name: str) -> Path:
-    """A drafter folder named by path, or by the name of a shipped drafter."""
+    """A drafter folder named by path, by the name of a shipped drafter, or by a hub id (e.g.
+    JLKang/ViSpec-llava-1.5-7b-hf) found in the local hub cache: nothing is downloaded."""
     folder = Path(name).expanduser()
-    return SHIPPED / name if not folder.is_dir() and name in shipped_drafters() else folder
+    if folder.is_dir() or name in DRAFTERS:
+        return folder
+    if name in shipped_drafters():
+        return SHIPPED / name
+    if HUB_ID.fullmatch(name):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(name, local_files_only=True))
+        except Exception:  # not cached, or not a valid id: both mean "no such drafter here"
+            raise UserError(f"drafter {name}: no such folder, and no hub model of that id in the local hub cache; "
+                            f"fetch a released drafter once with `hf download {name}`, or give its folder") from None
+    return folder
 
 
 def check_drafter_name(name: str) -> None:
     """Refuse, cheaply and before any model loads, a name that is neither a kind nor a folder."""
     if name not in DRAFTERS and not drafter_folder(name).is_dir():
-        raise UserError(f"drafter {name!r}: not a folder, a drafter kind ({', '.join(DRAFTERS)}) or a shipped "
-                        f"drafter ({', '.join(shipped_drafters()) or 'none'}); to start from a trained drafter, "
-                        "train it first (recipe NAME writes runs/NAME/drafter)")
+        raise UserError(f"drafter {name!r}: not a folder, a drafter kind ({', '.join(DRAFTERS)}), a shipped "
+                        f"drafter ({', '.join(shipped_drafters()) or 'none'}) or a cached hub id; to start from a "
+                        "trained drafter, train it first (recipe NAME writes runs/NAME/drafter)")
 
 
 def drafter_kind(name: str) -> str:
-    """The kind of the drafter `name` (a kind, a shipped drafter or a folder), without loading it."""
+    """The kind of the drafter `name` (a kind, a shipped drafter, a folder or a hub id), without loading it."""
     check_drafter_name(name)
     if name in DRAFTERS:
         return name
+    if is_authors_folder(drafter_folder(name)):
+        return authors_kind(drafter_folder(name))
     try:
         return json.loads((drafter_folder(name) / "config.json").read_text())["kind"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
@@ -84,16 +106,25 @@ def load_drafter(name: str, target, seed: int = 0, draft_vocab: list[int] | None
     if name in DRAFTERS:
         return build_drafter(name, target, seed, draft_vocab)
     folder = drafter_folder(name)
+    if is_authors_folder(folder):
+        spec, state = read_authors(folder, target)
+        drafter = _instantiate(spec, target, seed)
+        drafter.load_state_dict({k: v.to(target.device, target.dtype) for k, v in state.items()})
+        return drafter
     config_path, weights_path = folder / "config.json", folder / "model.safetensors"
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise UserError(f"drafter {folder}: missing {path.name}; is this a drafter folder written by mmvsd?")
+            raise UserError(f"drafter {folder}: missing {path.name}; is this a drafter folder written by mmvsd, or "
+                            "a released one (pytorch_model.bin or model.safetensors, and config.json)?")
     try:
         spec = DrafterSpec(**json.loads(config_path.read_text()))
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
         raise UserError(f"drafter {folder}: config.json is not a valid drafter config ({e})") from None
     if spec.kind not in DRAFTERS:
         raise UserError(f"drafter {folder}: unknown kind {spec.kind!r}; known kinds: {', '.join(DRAFTERS)}")
+    if spec.format != FORMAT:
+        raise UserError(f"drafter {folder} was written by an earlier mmvsd (format {spec.format}), whose layer differs "
+                        "from the authors' (fc without bias, an input norm): retrain it with its recipe")
     if not isinstance(spec.draft_vocab, list) or not all(isinstance(i, int) and 0 <= i < target.vocab_size
                                                          for i in spec.draft_vocab):
         raise UserError(f"drafter {folder}: config.json's draft_vocab must be a list of token ids in 0..{target.vocab_size - 1}")

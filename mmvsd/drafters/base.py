@@ -101,6 +101,9 @@ class TrainableDrafter(Drafter, Protocol):
         also (draft logits [B, M, L, V], paths [B, M, L]) drafted as decoding drafts them."""
 
 
+FORMAT = 2  # 2: the authors' computation (issue 24); 1: mmvsd's earlier layer, which no longer loads
+
+
 @dataclass
 class DrafterSpec:
     """Sizes of a drafter and the fingerprint of the target it was built for (config.json)."""
@@ -111,26 +114,27 @@ class DrafterSpec:
     intermediate_size: int
     vocab_size: int
     rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    format: int = 1  # what a config.json without the field was written by
     draft_vocab: list[int] = field(default_factory=list)  # token ids drafted over (empty: the whole vocabulary)
     target: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # kind-specific sizes
 
     @staticmethod
-    def for_target(kind: str, target, num_heads: int | None = None, draft_vocab: list[int] | None = None,
-                   **extra) -> DrafterSpec:
-        spec = DrafterSpec.for_text_config(kind, target.model.config.text_config, target.fingerprint(), num_heads,
-                                           **extra)
+    def for_target(kind: str, target, draft_vocab: list[int] | None = None, **extra) -> DrafterSpec:
+        spec = DrafterSpec.for_text_config(kind, target.model.config.text_config, target.fingerprint(), **extra)
         spec.draft_vocab = list(draft_vocab or [])
         return spec
 
     @staticmethod
-    def for_text_config(kind: str, text_config, target: dict | None = None, num_heads: int | None = None,
-                        **extra) -> DrafterSpec:
-        """Sized for a target's language model, from its config alone (no weights needed)."""
-        hidden = text_config.hidden_size
-        return DrafterSpec(kind=kind, hidden_size=hidden, num_heads=num_heads or max(1, hidden // 64),
+    def for_text_config(kind: str, text_config, target: dict | None = None, **extra) -> DrafterSpec:
+        """Sized for a target's language model, from its config alone (no weights needed): the
+        target's head count, MLP width, RoPE base and norm epsilon, as the authors size theirs."""
+        return DrafterSpec(kind=kind, hidden_size=text_config.hidden_size,
+                           num_heads=text_config.num_attention_heads,
                            intermediate_size=text_config.intermediate_size, vocab_size=text_config.vocab_size,
-                           rope_theta=_rope_theta(text_config), target=target or {}, extra=extra)
+                           rope_theta=_rope_theta(text_config), rms_norm_eps=float(text_config.rms_norm_eps),
+                           format=FORMAT, target=target or {}, extra=extra)
 
     def to_dict(self) -> dict:
         return asdict(self)

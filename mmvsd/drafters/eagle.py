@@ -1,8 +1,9 @@
 """The EAGLE drafter (Li et al. 2024, "EAGLE: Speculative Sampling Requires Rethinking Feature
 Uncertainty", arXiv 2401.15077), with EAGLE-2 dynamic trees at decoding time.
 
-One decoder layer reads [target feature h_t ; embedding of token t+1] through a linear fuse and
-predicts the next feature; the target's frozen LM head turns features into logits. At depth > 1
+One decoder layer reads [embedding of token t+1 ; target feature h_t] through a linear fuse (with
+a bias, embedding first, as the authors' code and released checkpoints have it) and predicts the
+next feature; the target's frozen LM head turns features into logits. At depth > 1
 the drafter feeds on its own predicted features.
 """
 
@@ -25,8 +26,8 @@ class EagleDrafter(nn.Module):
         super().__init__()
         self.spec = spec
         h = spec.hidden_size
-        self.fc = nn.Linear(2 * h, h, bias=False)
-        self.layer = DecoderLayer(h, spec.num_heads, spec.intermediate_size, spec.rope_theta)
+        self.fc = nn.Linear(2 * h, h)
+        self.layer = DecoderLayer(h, spec.num_heads, spec.intermediate_size, spec.rope_theta, spec.rms_norm_eps)
         # The target's embedding and head, shared and frozen: kept out of the module tree so they
         # are neither trained nor saved with the drafter.
         self.frozen = (embed_tokens, lm_head)
@@ -51,7 +52,7 @@ class EagleDrafter(nn.Module):
 
     def fuse(self, state: DraftState, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Drafter input for (feature, next token) pairs: [..., H], [...] -> [..., H]."""
-        return self.fc(torch.cat([features, self.embed_tokens(tokens).to(features.dtype)], dim=-1))
+        return self.fc(torch.cat([self.embed_tokens(tokens).to(features.dtype), features], dim=-1))
 
     def embed_pairs(self, state: DraftState, features: torch.Tensor,
                     tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,16 +73,19 @@ class KVCache:
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm Llama block: x + attn(norm(x)), then + mlp(norm(x))."""
+    """EAGLE's drafter layer: a Llama block without the input norm (the authors' layer 0, their
+    only one, has none: fc's output enters attention as it is), x + attn(x), then + mlp(norm(x)).
+    q/k/v and gate/up are fused here (one matmul each per draft step); `drafters.layouts` splits
+    them into the authors' separate projections and joins them back."""
 
-    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, rope_theta: float = 10000.0):
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, rope_theta: float = 10000.0,
+                 eps: float = 1e-6):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.rotary_tables = RotaryTables(self.head_dim, rope_theta)
-        self.input_norm = RMSNorm(hidden_size)
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
         self.out = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.post_attention_norm = RMSNorm(hidden_size)
+        self.post_attention_norm = RMSNorm(hidden_size, eps)
         self.gate_up = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.down = nn.Linear(intermediate_size, hidden_size, bias=False)
 
@@ -91,7 +94,7 @@ class DecoderLayer(nn.Module):
         """x: [B, T, H]; positions: [B, T]; allowed: [B or 1, 1, T, S] bool (True = may attend),
         None = causal over x alone; cache: keys/values of earlier rows, extended in place."""
         b, t, h = x.shape
-        q, k, v = self.qkv(self.input_norm(x)).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         cos, sin = self.rotary_tables(positions, q.dtype)  # once for q and k
         q, k = rotary(torch.cat([q, k], dim=1), cos, sin).split(self.num_heads, dim=1)
         if cache is not None:

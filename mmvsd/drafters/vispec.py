@@ -3,12 +3,17 @@ Vision-Aware Speculative Decoding", arXiv 2509.15235).
 
 The EAGLE drafter plus two ways of seeing the image without carrying all its tokens:
 - an image adaptor: learned queries cross-attend to one image's embeddings and return
-  `num_queries` vectors; all but the last replace the image's tokens in the drafter's sequence
-  (they keep the positions of the image span's last tokens, so later text keeps its original
-  positions), and the last is the image's global feature g;
+  `num_queries` vectors; all but the last replace the image's tokens in the drafter's sequence,
+  as inputs of the decoder layer (no fc), at the positions of the image span's last pairs (so
+  later text keeps its original positions), and the last is the image's global feature g;
 - every later text input mixes g into the target feature, h' = img_fc([h ; g]), through a
   layer initialised to pass h through unchanged, so a drafter trained without images starts
   out as exactly the plain EAGLE drafter.
+
+This is the computation of the authors' training code for LLaVA models (their data script marks the
+`<image>` run). Their released inference code builds the image mask for LLaVA-NeXT and Qwen2.5-VL
+only, so for `JLKang/ViSpec-llava-1.5-7b-hf` it runs the drafter as text (g = 0, the image
+tokens' own embeddings, nothing compressed); mmvsd runs it as their training code computes.
 """
 
 from __future__ import annotations
@@ -22,23 +27,24 @@ from mmvsd.drafters.eagle import EagleDrafter
 
 
 class ImageAdaptor(nn.Module):
-    """Multi-head cross-attention from learned queries to an image's embeddings, no positions."""
+    """Multi-head cross-attention from `num_queries` learned queries to one image's embeddings, no
+    positions, no norm; shaped and named as the authors' `imadpt` (q [num_q, heads, head_dim])."""
 
     def __init__(self, hidden: int, heads: int, num_queries: int):
         super().__init__()
         self.heads, self.head_dim = heads, hidden // heads
-        self.queries = nn.Parameter(torch.randn(heads, num_queries, self.head_dim) * self.head_dim ** -0.5)
-        self.k = nn.Linear(hidden, hidden, bias=False)
-        self.v = nn.Linear(hidden, hidden, bias=False)
-        self.o = nn.Linear(hidden, hidden, bias=False)
+        self.q = nn.Parameter(torch.randn(num_queries, heads, self.head_dim) * self.head_dim ** -0.5)
+        self.k_proj = nn.Linear(hidden, hidden, bias=False)
+        self.v_proj = nn.Linear(hidden, hidden, bias=False)
+        self.o_proj = nn.Linear(hidden, hidden, bias=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """[n, H] image embeddings -> [num_queries, H]."""
         n = image.shape[0]
-        k = self.k(image).view(n, self.heads, self.head_dim).transpose(0, 1)  # [heads, n, d]
-        v = self.v(image).view(n, self.heads, self.head_dim).transpose(0, 1)
-        out = F.scaled_dot_product_attention(self.queries.to(image.dtype), k, v)  # [heads, Q, d]
-        return self.o(out.transpose(0, 1).reshape(-1, self.heads * self.head_dim))
+        k = self.k_proj(image).view(n, self.heads, self.head_dim).transpose(0, 1)  # [heads, n, d]
+        v = self.v_proj(image).view(n, self.heads, self.head_dim).transpose(0, 1)
+        out = F.scaled_dot_product_attention(self.q.to(image.dtype).transpose(0, 1), k, v)  # [heads, Q, d]
+        return self.o_proj(out.transpose(0, 1).reshape(-1, self.heads * self.head_dim))
 
 
 @register_drafter("vispec")
@@ -46,7 +52,7 @@ class VispecDrafter(EagleDrafter):
     def __init__(self, spec: DrafterSpec, embed_tokens: nn.Embedding, lm_head: nn.Linear):
         super().__init__(spec, embed_tokens, lm_head)
         h = spec.hidden_size
-        self.adaptor = ImageAdaptor(h, spec.num_heads, spec.extra.get("num_queries", 2))
+        self.imadpt = ImageAdaptor(h, spec.num_heads, spec.extra.get("num_queries", 2))
         self.img_fc = nn.Linear(2 * h, h)
         with torch.no_grad():  # h' = h at the start: [I | 0], no bias
             self.img_fc.weight.zero_()
@@ -76,7 +82,7 @@ class VispecDrafter(EagleDrafter):
                 inputs.append(self.fuse(state, features[start:a], tokens[start:a]))
                 kept.append(positions[start:a])
             if b > a:
-                summary = self.adaptor(embeds[used:used + b - a].to(features.dtype))  # [Q, H]
+                summary = self.imadpt(embeds[used:used + b - a].to(features.dtype))  # [Q, H]
                 used += b - a
                 inputs.append(summary[:-1])
                 kept.append(positions[b - len(summary) + 1:b])
