@@ -15,7 +15,8 @@ COMMANDS = {  # name -> (module with run(argv), what it does); litgpt's subcomma
     "train": ("mmvsd.train", "train a drafter from a recipe (recipe=NAME), on CPU, one GPU or many"),
     "eval": ("mmvsd.lmms.report", "accuracy and speed of the target alone and each drafter through lmms-eval"),
     "demo": ("mmvsd.demo", "the Gradio demo: the target alone and speculative decoding side by side"),
-    "zoo": ("mmvsd.zoo", "the toy world's targets (build, report, list) and the lmms-eval task folder (tasks)"),
+    "zoo": ("mmvsd.zoo", "the toy world's targets (build, report, list), the lmms-eval task folder (tasks), a "
+                         "drafter in its authors' layout (export)"),
     "answers": ("mmvsd.data.answers", "answers written by the target itself, as drafter training data"),
 }
 

@@ -146,7 +146,7 @@ def builtin_requests(n: int, seed: int) -> list[Request]:
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    from mmvsd.drafters import load_drafter
+    from mmvsd.drafters import drafter_kind, load_drafter
     from mmvsd.models import load_target
 
     check_device(cfg.device)
@@ -154,11 +154,15 @@ def run_bench(cfg: BenchConfig) -> dict:
         check_output_file(cfg.json, "json")
     requests = read_requests(cfg.data, cfg.n) if cfg.data else builtin_requests(cfg.n, cfg.seed)
     check_draft_vocab(cfg)
+    if cfg.vispec_image == "text" and (cfg.drafter == "oracle" or drafter_kind(cfg.drafter) != "vispec"):
+        raise UserError(f"vispec_image=text applies to ViSpec drafters; drafter {cfg.drafter} is not one")
     target = load_target(cfg.target, cfg.dtype, cfg.device, cfg.download, cfg.target_layers, cfg.vision_layers)
     if cfg.head_fp32:
         target.use_fp32_head()
     drafter = (OracleDrafter(target.vocab_size, cfg.oracle.accept, cfg.seed) if cfg.drafter == "oracle"
                else load_drafter(cfg.drafter, target, cfg.seed, untrained_draft_vocab(cfg, target)))
+    if cfg.vispec_image == "text":
+        drafter.reads_image = False
     assistant = load_assistant(cfg, target) if cfg.assistant else None  # refused before any timing
     prompts = []
     for request in requests:

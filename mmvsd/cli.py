@@ -15,7 +15,6 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -24,7 +23,9 @@ import yaml
 from mmvsd.errors import UserError
 
 T = TypeVar("T")
-RECIPES_DIR = Path(str(resources.files("mmvsd.recipes")))  # recipes/, installed as this package (pyproject.toml)
+# recipes/ sits beside the package in a checkout, and inside it once installed (pyproject.toml maps it there)
+RECIPES_DIR = next((d for d in (Path(__file__).parent / "recipes", Path(__file__).parents[1] / "recipes") if d.is_dir()),
+                   Path(__file__).parent / "recipes")
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 PRESET = "<preset>"  # where `group=NAME` is kept among the group's fields until the group is built
 

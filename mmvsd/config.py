@@ -178,10 +178,14 @@ class BenchConfig(TargetSettings):
     download: bool = opt(False, "allow fetching a hub id that is not in the local cache")
     head_fp32: bool = opt(False, "bf16/fp16 targets: compute the LM head from a float32 copy of its weights, to "
                                  "measure what logit ties cost (README, 'The lossless contract')")
+    vispec_image: str = opt("compress", "ViSpec drafters: compress each image with imadpt, as the authors' training "
+                                        "does (compress), or read its tokens as text with g = 0, as their released "
+                                        "inference does on LLaVA-1.5 (text)")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
         _require(self.n >= 1, f"n must be >= 1, got {self.n}")
+        _require(self.vispec_image in ("compress", "text"), f"vispec_image must be compress or text, got {self.vispec_image}")
         super().__post_init__()
         self.decode  # validates the decoding knobs
         _require(self.drafter != "oracle" or is_greedy(self.temperature),

@@ -154,23 +154,27 @@ def main(cfg: ZooConfig, command: str, names: list[str]) -> None:
 
 def export(cfg: ZooConfig, names: list[str]) -> None:
     """`export FOLDER OUT`: an mmvsd drafter written in its authors' layout (drafters.layouts)."""
-    from mmvsd.drafters import drafter_folder, drafter_kind, load_drafter
-    from mmvsd.drafters.layouts import check_layout, write_authors
+    from mmvsd.drafters import DRAFTERS, drafter_folder, drafter_kind, load_drafter
+    from mmvsd.drafters.layouts import check_layout, is_authors_folder, write_authors
     from mmvsd.models import load_target
     from mmvsd.toyworld.targets.build import TOY_SPECS
 
     if len(names) != 2:
         raise UserError("export takes a drafter and an output folder: mmvsd zoo export FOLDER OUT layout=eagle|msd|vispec")
     source, out = names
+    if source in DRAFTERS:
+        raise UserError(f"{source} is a drafter kind, not a trained drafter: export a drafter folder")
     kind = drafter_kind(source)
     layout = cfg.layout or kind
     check_layout(layout, kind)  # before a model loads
     out = check_output_dir(out, "OUT")
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; export into a new folder")
+    if not cfg.target and is_authors_folder(drafter_folder(source)):
+        raise UserError(f"{source} is in an author's layout already, without a record of its target: name it, target=ID")
     if cfg.target:
         target = load_target(cfg.target)
-    else:  # the toy target whose fingerprint the drafter's config records
+    else:  # the toy target whose fingerprint the drafter's config records (an mmvsd folder: kind read above)
         recorded = json.loads((drafter_folder(source) / "config.json").read_text()).get("target")
         target = next((t for t in map(load_target, TOY_SPECS) if t.fingerprint() == recorded), None)
         if target is None:

@@ -6,7 +6,8 @@
 #    each (draft / verify / decode ms); random weights, so tau means nothing here.
 # 2. The real checkpoints, when their files are in the local hub cache (nothing is downloaded):
 #    lucylyn/MSD-LLaVA1.5-7B and -13B on llava-hf/llava-1.5-7b-hf / -13b-hf, JLKang/ViSpec-llava-1.5-7b-hf
-#    on llava-hf/llava-1.5-7b-hf (fetch them first with `hf download ID`). Compare speed-ups with MSD's
+#    on llava-hf/llava-1.5-7b-hf, the latter with its image compressed (as the authors trained it) and
+#    read as text (as their inference runs it) (fetch them first with `hf download ID`). Compare speed-ups with MSD's
 #    paper (2.29x / 2.46x on LLaVA-1.5 7B / 13B, their engine, greedy); ViSpec reports LLaVA-1.6, not 1.5.
 # Usage: bash scripts/gpu_check_released.sh [OUT]
 set -euo pipefail
@@ -29,11 +30,12 @@ PY
   python -m mmvsd.bench target=random:llava-1.5-7b dtype=bfloat16 device=cuda "drafter=$OUT/$kind" n=4 \
     max_new_tokens=64 "json=$OUT/$kind.json" 2>&1 | grep -E "^(  |error)" || true
 done
-for pair in "llava-hf/llava-1.5-7b-hf lucylyn/MSD-LLaVA1.5-7B" "llava-hf/llava-1.5-13b-hf lucylyn/MSD-LLaVA1.5-13B" \
-            "llava-hf/llava-1.5-7b-hf JLKang/ViSpec-llava-1.5-7b-hf"; do
-  set -- $pair
-  name=$(basename "$2")
-  echo "== $2 on $1 (real weights, when cached)"
-  python -m mmvsd.bench "target=$1" "drafter=$2" dtype=float16 device=cuda n=8 max_new_tokens=256 \
+for run in "llava-hf/llava-1.5-7b-hf lucylyn/MSD-LLaVA1.5-7B" "llava-hf/llava-1.5-13b-hf lucylyn/MSD-LLaVA1.5-13B" \
+           "llava-hf/llava-1.5-7b-hf JLKang/ViSpec-llava-1.5-7b-hf vispec_image=compress" \
+           "llava-hf/llava-1.5-7b-hf JLKang/ViSpec-llava-1.5-7b-hf vispec_image=text"; do
+  set -- $run
+  name=$(basename "$2")${3:+-${3#vispec_image=}}
+  echo "== $2 on $1 ${3:-} (real weights, when cached)"
+  python -m mmvsd.bench "target=$1" "drafter=$2" ${3:-} dtype=float16 device=cuda n=8 max_new_tokens=256 \
     "json=$OUT/$name.json" 2>&1 | grep -E "^(  |error)" || true
 done

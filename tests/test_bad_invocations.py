@@ -89,7 +89,7 @@ CASES = [
      "distributed_type must be one of NO, MULTI_GPU, MULTI_CPU, FSDP, DEEPSPEED, got 'TPU'"),
     (zoo.run, ["tasks", "home={tmp}/a_file"], "home={tmp}/a_file is an existing file"),
     (zoo.run, ["build", "toy-x"], "unknown toy target 'toy-x'"),
-    (zoo.run, ["data"], "expected `build NAME`, `report NAME`, `list` or `tasks`, got data"),
+    (zoo.run, ["data"], "expected `build NAME`, `report NAME`, `list`, `tasks` or `export FOLDER OUT`, got data"),
     (run_answers, ["device=cuda"], "device cuda: this torch build has no CUDA support"),
     (run_answers, ["out={tmp}/a_file"], "out={tmp}/a_file is an existing file"),
     (run_answers, ["images={tmp}/a_file"], "images {tmp}/a_file: is a file, not a folder"),

@@ -94,12 +94,13 @@ class AuthorsDrafter(nn.Module):
         out = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1) @ v
         return self.imadpt.o_proj(out.transpose(0, 1).reshape(num_q, heads * d))
 
-    def forward(self, hidden, ids, image_token, image_embeds):
+    def forward(self, hidden, ids, image_token, image_embeds, read_image=True):
         """hidden [L, H]: the target's post-norm states at tokens 0..L-1; ids [L + 1]: the prompt
-        and the target's next token. -> outputs [m, H] and the slots [m] they sit at."""
+        and the target's next token. -> outputs [m, H] and the slots [m] they sit at. ViSpec with
+        `read_image` False: their inference on LLaVA-1.5, which passes the drafter no image mask."""
         shifted = ids[1:]  # slot j reads token j + 1
         e = self.embed_tokens(shifted)
-        is_image = shifted == image_token  # the authors shift the image mask the same way: mask[:, 1:]
+        is_image = (shifted == image_token) & read_image  # the authors shift the image mask the same way: mask[:, 1:]
         slots = torch.arange(len(shifted))
         if self.kind != "vispec":
             x = self.fc(torch.cat([e, hidden], dim=-1))
@@ -189,28 +190,35 @@ def prompt_pairs(target, rng, prompt="describe the image"):
     return prefill, ids
 
 
-@pytest.mark.parametrize("kind", ["eagle", "msd", "vispec"])
-def test_a_released_checkpoint_computes_what_the_authors_code_does(tmp_path, tiny_target, rng, kind):
-    reference = released(tiny_target, kind, tmp_path / kind, rows=tiny_target.vocab_size - 3)
+@pytest.mark.parametrize("kind, num_q, read_image", [("eagle", 2, True), ("msd", 2, True), ("vispec", 2, True),
+                                                     ("vispec", 4, True), ("vispec", 2, False)])
+def test_a_released_checkpoint_computes_what_the_authors_code_does(tmp_path, tiny_target, rng, kind, num_q, read_image):
+    reference = released(tiny_target, kind, tmp_path / kind, rows=tiny_target.vocab_size - 3, num_q=num_q)
     assert drafter_kind(str(tmp_path / kind)) == kind
     drafter = load_drafter(str(tmp_path / kind), tiny_target)
     assert drafter.kind == kind and drafter.embed_tokens is tiny_target.embed_tokens  # shared, not a copy
+    if not read_image:
+        drafter.reads_image = False  # the bench's vispec_image=text
     prefill, ids = prompt_pairs(tiny_target, rng)
     image_token = tiny_target.image_token_id
     with torch.no_grad():
-        expected, slots = reference(prefill.hidden, ids, image_token, prefill.image_embeds)
+        expected, slots = reference(prefill.hidden, ids, image_token, prefill.image_embeds, read_image)
         features, tokens = make_pairs(prefill.hidden, ids)
         image_pairs = make_pairs(prefill.hidden, ids == image_token)[1]
         got = drafter(features[None], tokens[None], image_pairs[None], prefill.image_embeds[None])[0]
-    if kind == "vispec":  # the image run is one compressed slot, at its last position
+    if kind == "vispec" and read_image:  # the image run is num_q - 1 slots, its last ones
         run = (ids[1:] == image_token).nonzero().flatten()
-        assert len(slots) == len(tokens) - len(run) + 1 and int(run.max()) in slots.tolist()
+        assert len(slots) == len(tokens) - len(run) + num_q - 1 and set(run[-(num_q - 1):].tolist()) <= set(slots.tolist())
     assert torch.allclose(got[slots], expected, atol=1e-5), (got[slots] - expected).abs().max()
-    with torch.no_grad():  # decoding drafts from the same state: the reference's best next token is in the tree
+    with torch.no_grad():  # decoding, from the same prompt: the tree's first level is the reference's next-token law
         state = drafter.begin(ids[:-1], prefill)
         tree = drafter.propose(state, features, tokens, TreeConfig())
-    best = int(tiny_target.lm_head(expected[-1]).argmax())
-    assert best in tree.tokens[tree.depths == 1].tolist()
+        logp = torch.log_softmax(tiny_target.lm_head(expected[-1]).float(), dim=-1)
+        g = reference.adapt(prefill.image_embeds)[-1] if kind == "vispec" and read_image else 0
+    first = tree.depths == 1
+    assert first.sum() >= 2 and torch.allclose(tree.scores[first], logp[tree.tokens[first]], atol=1e-5)
+    if kind == "vispec":  # g, carried to every later draft step, is the adaptor's last output (or 0 unread)
+        assert torch.allclose(state.image_feature, g + torch.zeros_like(state.image_feature), atol=1e-5)
 
 
 def test_a_bf16_msd_file_loads_into_an_fp32_target_and_vispecs_num_q_comes_from_the_weights(tmp_path, tiny_target):
@@ -218,14 +226,29 @@ def test_a_bf16_msd_file_loads_into_an_fp32_target_and_vispecs_num_q_comes_from_
     drafter = load_drafter(str(tmp_path / "v"), tiny_target)
     assert drafter.spec.extra["num_queries"] == 4 and drafter.imadpt.q.shape[0] == 4
     released(tiny_target, "msd", tmp_path / "m")
+    legacy = tmp_path / "legacy"  # torch's pre-zip format (older EAGLE files), which cannot be memory-mapped
+    legacy.mkdir()
+    (legacy / "config.json").write_text((tmp_path / "m" / "config.json").read_text())
+    torch.save(torch.load(tmp_path / "m" / "pytorch_model.bin"), legacy / "pytorch_model.bin",
+               _use_new_zipfile_serialization=False)
+    assert load_drafter(str(legacy), tiny_target).kind == "msd"
     assert torch.load(tmp_path / "m" / "pytorch_model.bin")["fc.weight"].dtype == torch.bfloat16
     assert load_drafter(str(tmp_path / "m"), tiny_target).fc.weight.dtype == torch.float32
 
 
-def test_config_without_bias_means_a_bias_and_a_cached_hub_id_resolves(tmp_path, tiny_target, monkeypatch):
+def test_config_bias_false_drops_fcs_bias_as_the_authors_loader_does(tmp_path, tiny_target):
     released(tiny_target, "eagle", tmp_path / "e")
     config = json.loads((tmp_path / "e" / "config.json").read_text())
-    assert "bias" not in config  # as the authors' configs: the loader's default, True, gives fc a bias
+    assert "bias" not in config  # as the authors' configs: absent means True, and the file's bias is used
+    assert load_drafter(str(tmp_path / "e"), tiny_target).fc.bias.abs().sum() > 0
+    (tmp_path / "e" / "config.json").write_text(json.dumps({**config, "bias": False}))
+    assert load_drafter(str(tmp_path / "e"), tiny_target).fc.bias.abs().sum() == 0
+    _drop_key(tmp_path / "e", "fc.bias")  # and a file without one is then complete
+    assert load_drafter(str(tmp_path / "e"), tiny_target).fc.bias.abs().sum() == 0
+
+
+def test_a_cached_hub_id_resolves_offline(tmp_path, tiny_target, monkeypatch):
+    released(tiny_target, "eagle", tmp_path / "e")
     hub = tmp_path / "hub"
     snapshot = hub / "models--someone--EAGLE-tiny" / "snapshots" / ("a" * 40)
     snapshot.parent.mkdir(parents=True)
@@ -254,6 +277,17 @@ def _add_key(folder, key, shape):
     torch.save(state, folder / "pytorch_model.bin")
 
 
+def _set_dtype(folder, key, dtype):
+    state = torch.load(folder / "pytorch_model.bin")
+    state[key] = state[key].to(dtype)
+    torch.save(state, folder / "pytorch_model.bin")
+
+
+def _edit_config(folder, **fields):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **fields}))
+
+
 def _drop_key(folder, key):
     state = torch.load(folder / "pytorch_model.bin")
     del state[key]
@@ -270,12 +304,26 @@ def _drop_key(folder, key):
     (lambda f: _add_key(f, "layers.0.self_attn.q_proj.bias", (64,)), "attention has biases .* Qwen2-style"),
     (lambda f: _add_key(f, "layers.0.self_attn.k_proj.weight", (32, 64)),  # grouped key/value heads
      r"layers.0.self_attn.k_proj.weight has shape \[32, 64\], expected \[64, 64\]"),
+    (lambda f: _add_key(f, "layers.0.mlp.down_proj.weight", (32, 128)), r"down_proj.weight has shape \[32, 128\]"),
+    (lambda f: _set_dtype(f, "fc.weight", torch.int8), "fc.weight is int8, not a float tensor"),
+    (lambda f: _edit_config(f, num_attention_heads="32"), "config.json's num_attention_heads is '32', not a number"),
+    (lambda f: _edit_config(f, rope_scaling={"type": "linear", "factor": 2.0}), "sets rope_scaling"),
+    (lambda f: (f / "config.json").write_text("[1, 2]"), "config.json is not a JSON object"),
+    (lambda f: torch.save([1, 2], f / "pytorch_model.bin"), "is not a state dict of tensors"),
 ])
 def test_broken_or_foreign_checkpoints_are_refused_in_one_line(tmp_path, tiny_target, breakage, message):
     released(tiny_target, "msd", tmp_path / "m")
     breakage(tmp_path / "m")
     with pytest.raises(UserError, match=message):
         load_drafter(str(tmp_path / "m"), tiny_target)
+
+
+def test_a_truncated_safetensors_file_is_refused_in_one_line(tmp_path, tiny_target):
+    released(tiny_target, "vispec", tmp_path / "v")
+    path = tmp_path / "v" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(UserError, match="cannot read model.safetensors, truncated or not a checkpoint"):
+        load_drafter(str(tmp_path / "v"), tiny_target)
 
 
 def test_a_drafter_of_another_width_is_refused_naming_it(tmp_path, tiny_target):
@@ -286,6 +334,20 @@ def test_a_drafter_of_another_width_is_refused_naming_it(tmp_path, tiny_target):
     wider = LlavaTarget(*build_tiny_random(hidden_size=96), "wider")
     with pytest.raises(UserError, match="for a target of hidden size 64, wider has 96"):
         load_drafter(str(tmp_path / "e"), wider)
+
+
+def test_the_bench_reads_vispecs_image_as_text_when_asked(tmp_path, tiny_target):
+    from mmvsd.bench import run as bench
+    from mmvsd.bench import run_bench
+    from mmvsd.config import BenchConfig
+
+    released(tiny_target, "vispec", tmp_path / "v")
+    for mode in ("compress", "text"):
+        assert bench(["target=tiny-random", f"drafter={tmp_path / 'v'}", f"vispec_image={mode}", "n=1",
+                      "max_new_tokens=6", f"json={tmp_path / mode}.json"]) == 0
+        assert json.loads((tmp_path / f"{mode}.json").read_text())["identical_outputs"] is True
+    with pytest.raises(UserError, match="vispec_image=text applies to ViSpec drafters; drafter eagle is not one"):
+        run_bench(BenchConfig(drafter="eagle", vispec_image="text"))
 
 
 def test_the_bench_refuses_a_broken_released_drafter_with_exit_2(tmp_path, tiny_target):

@@ -104,12 +104,15 @@ def test_stage_one_resumes_only_its_own_spec_and_never_brings_back_a_tower(home)
 
 
 @pytest.mark.parametrize("args, message", [
-    ((), "expected `build NAME`, `report NAME`, `list` or `tasks`"),
+    ((), "expected `build NAME`, `report NAME`, `list`, `tasks` or `export FOLDER OUT`"),
     (("build",), "name a target"),
     (("build", "toy-xl"), "unknown toy target 'toy-xl'"),
     (("build", "toy-s", "forse=true"), "unknown key"),
     (("report", "toy-xl"), "unknown toy target or folder 'toy-xl'"),
     (("report", "."), "has no report.json"),
+    (("export",), "export takes a drafter and an output folder"),
+    (("export", "msd", "out"), "msd is a drafter kind, not a trained drafter"),
+    (("export", "toy-m-msd", "out", "layout=vispec"), "layout=vispec does not fit a msd drafter"),
 ])
 def test_zoo_refuses_bad_commands_in_one_line(args, message, tmp_path):
     result = zoo(*args, home=tmp_path)

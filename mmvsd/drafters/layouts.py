@@ -71,22 +71,26 @@ def authors_kind(folder: Path) -> str:
 def read_authors(folder: Path, target) -> tuple[DrafterSpec, dict[str, torch.Tensor]]:
     """The spec and mmvsd-named weights of a drafter in the authors' layout, checked against
     `target`: its width, heads and embedding rows (a drafter of another target is refused here)."""
-    config, kind = _read_config(folder), authors_kind(folder)
-    state = _read_weights(folder)
-    name = f"drafter {folder}"
-    _refuse_unknown_keys(state, kind, name)
+    config, kind, name = _read_config(folder), authors_kind(folder), f"drafter {folder}"
     text = target.model.config.text_config
-    hidden = state["fc.weight"].shape[0]
+    bias = config.get("bias", True) is not False  # the authors' loaders: fc has a bias unless the config says false
+    _check_keys(set(_read_weights(folder, keys_only=True)), kind, bias, name)  # before reading a whole file
+    state = {k: v for k, v in _read_weights(folder).items() if not k.endswith(IGNORED_SUFFIXES)}
+    if config.get("rope_scaling"):
+        raise UserError(f"{name}: config.json sets rope_scaling {config['rope_scaling']}; LLaVA-1.5 drafters have none")
+    hidden = state["fc.weight"].shape[0] if state["fc.weight"].ndim else 0
     if hidden != text.hidden_size:
         raise UserError(f"{name} is for a target of hidden size {hidden}, {target.name} has {text.hidden_size}: "
                         "it was trained for another model")
-    heads = int(config.get("num_attention_heads", text.num_attention_heads))
-    if int(config.get("num_key_value_heads", heads)) != heads or hidden % heads:
-        raise UserError(f"{name}: config.json's {heads} attention heads with "
-                        f"{config.get('num_key_value_heads')} key/value heads is not a LLaVA-1.5 drafter layer")
-    _check_shapes(state, hidden, state["layers.0.mlp.down_proj.weight"].shape[1], name)
+    heads = _number(config, "num_attention_heads", text.num_attention_heads, int, name)
+    if heads < 1 or hidden % heads or _number(config, "num_key_value_heads", heads, int, name) != heads:
+        raise UserError(f"{name}: config.json's {heads} attention heads with {config.get('num_key_value_heads')} "
+                        f"key/value heads is not a LLaVA-1.5 drafter layer of width {hidden}")
+    down = state["layers.0.mlp.down_proj.weight"]
+    intermediate = down.shape[-1] if down.ndim else 0  # a wrong shape is refused just below
+    _check_tensors(state, hidden, intermediate, heads, name)
     _check_embedding(state.pop("embed_tokens.weight"), target.embed_tokens.weight, name, target.name)
-    if "fc.bias" not in state:  # config "bias": false (the default, true, writes one)
+    if not bias:  # built without one, the authors' fc ignores any bias the file holds
         state["fc.bias"] = torch.zeros(hidden, dtype=state["fc.weight"].dtype)
     mapped = {ours: state[theirs] for theirs, ours in RENAMED.items()}
     mapped |= {ours: torch.cat([state[k] for k in theirs]) for ours, theirs in JOINED.items()}
@@ -94,14 +98,10 @@ def read_authors(folder: Path, target) -> tuple[DrafterSpec, dict[str, torch.Ten
     if kind == "vispec":
         mapped |= {k: state[k] for k in VISPEC}
         extra["num_queries"] = int(state["imadpt.q"].shape[0])
-        if tuple(state["imadpt.q"].shape[1:]) != (heads, hidden // heads):
-            raise UserError(f"{name}: imadpt.q has shape {tuple(state['imadpt.q'].shape)}, expected "
-                            f"[num_q, {heads}, {hidden // heads}] for {heads} heads")
-    spec = DrafterSpec(kind=kind, hidden_size=hidden, num_heads=heads,
-                       intermediate_size=state["layers.0.mlp.down_proj.weight"].shape[1],
-                       vocab_size=target.vocab_size, rope_theta=float(config.get("rope_theta") or 10000.0),
-                       rms_norm_eps=float(config.get("rms_norm_eps", text.rms_norm_eps)), format=FORMAT,
-                       target=target.fingerprint(), extra=extra)
+    spec = DrafterSpec(kind=kind, hidden_size=hidden, num_heads=heads, intermediate_size=intermediate,
+                       vocab_size=target.vocab_size, rope_theta=_number(config, "rope_theta", 10000.0, float, name),
+                       rms_norm_eps=_number(config, "rms_norm_eps", float(text.rms_norm_eps), float, name),
+                       format=FORMAT, target=target.fingerprint(), extra=extra)
     return spec, mapped
 
 
@@ -170,8 +170,7 @@ def _read_weights(folder: Path, keys_only: bool = False) -> dict[str, torch.Tens
         if path.suffix == ".safetensors" and keys_only:
             with safe_open(str(path), "pt") as f:
                 return {k.removeprefix("module."): None for k in f.keys()}
-        state = load_file(str(path)) if path.suffix == ".safetensors" else \
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = load_file(str(path)) if path.suffix == ".safetensors" else _load_bin(path)
     except (SafetensorError, RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise UserError(f"drafter {folder}: cannot read {path.name}, truncated or not a checkpoint "
                         f"({' '.join(str(e).split())[:160]}); download it again") from None
@@ -180,37 +179,67 @@ def _read_weights(folder: Path, keys_only: bool = False) -> dict[str, torch.Tens
     return {k.removeprefix("module."): v for k, v in state.items()}  # accelerate's save_state under DDP
 
 
-def _refuse_unknown_keys(state: dict, kind: str, name: str) -> None:
-    for key in [k for k in state if k.endswith(IGNORED_SUFFIXES)]:
-        del state[key]
+def _load_bin(path: Path) -> dict:
+    try:  # mapped, not read: the layer's weights are copied once, the embedding compared in chunks
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # torch's legacy format cannot be mapped
+
+
+def _number(config: dict, key: str, default, cast, name: str):
+    """A numeric config field (absent or null: `default`), refused in one line when it is not one."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
+        raise UserError(f"{name}: config.json's {key} is {value!r}, not a number")
+    return cast(value)
+
+
+def _check_keys(keys: set[str], kind: str, bias: bool, name: str) -> None:
+    """The layout's keys, all of them and no others (fc.bias may go when the config says bias: false)."""
+    keys = {k for k in keys if not k.endswith(IGNORED_SUFFIXES)}
     expected = {"embed_tokens.weight", *RENAMED, *(k for group in JOINED.values() for k in group)}
     if kind == "vispec":
         expected |= set(VISPEC)
-    biases = sorted(k for k in state if k.startswith("layers.0.self_attn.") and k.endswith(".bias"))
+    biases = sorted(k for k in keys if k.startswith("layers.0.self_attn.") and k.endswith(".bias"))
     if biases:
         raise UserError(f"{name}: its attention has biases ({biases[0]}, ...): a drafter for a Qwen2-style target, "
                         "not for a LLaVA-1.5 (Llama) one")
-    unknown = sorted(set(state) - expected - {"fc.bias"})
+    unknown = sorted(keys - expected)
     if unknown:
         raise UserError(f"{name}: keys of an unknown layout ({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}); "
                         f"known layouts: {', '.join(LAYOUTS)} (EAGLE's keys, plus img_fc/imadpt for ViSpec)")
-    missing = sorted(expected - set(state))
+    missing = sorted(expected - keys - (set() if bias else {"fc.bias"}))
     if missing:
         raise UserError(f"{name}: missing {missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''} "
                         f"for the {kind} layout; the file is incomplete")
 
 
-def _check_shapes(state: dict, hidden: int, intermediate: int, name: str) -> None:
-    """Every weight as a LLaVA-1.5 drafter layer has it (e.g. grouped key/value heads are not)."""
-    square, wide = (hidden, hidden), (hidden, 2 * hidden)
+def _check_tensors(state: dict, hidden: int, intermediate: int, heads: int, name: str) -> None:
+    """Every weight a float tensor shaped as a LLaVA-1.5 drafter layer has it (grouped key/value
+    heads, for one, are not)."""
+    square, wide, head_dim = (hidden, hidden), (hidden, 2 * hidden), hidden // heads
     expected = {"fc.weight": wide, "fc.bias": (hidden,), "layers.0.post_attention_layernorm.weight": (hidden,),
                 **{f"layers.0.self_attn.{p}_proj.weight": square for p in "qkvo"},
                 "layers.0.mlp.gate_proj.weight": (intermediate, hidden), "layers.0.mlp.up_proj.weight": (intermediate, hidden),
-                "img_fc.weight": wide, "img_fc.bias": (hidden,), **{f"imadpt.{p}_proj.weight": square for p in "kvo"}}
-    for key, shape in expected.items():
-        if key in state and tuple(state[key].shape) != shape:
-            raise UserError(f"{name}: {key} has shape {list(state[key].shape)}, expected {list(shape)} for a drafter "
-                            f"of hidden size {hidden}: not a LLaVA-1.5 drafter layer")
+                "layers.0.mlp.down_proj.weight": (hidden, intermediate), "img_fc.weight": wide, "img_fc.bias": (hidden,),
+                **{f"imadpt.{p}_proj.weight": square for p in "kvo"}}
+    for key, value in state.items():
+        if not value.is_floating_point():
+            raise UserError(f"{name}: {key} is {str(value.dtype).removeprefix('torch.')}, not a float tensor "
+                            "(a quantized drafter?); give its bf16, fp16 or fp32 checkpoint")
+        if key == "embed_tokens.weight":
+            ok, want = value.ndim == 2 and value.shape[1] == hidden, f"[rows, {hidden}]"
+        elif key == "imadpt.q":
+            ok, want = value.ndim == 3 and tuple(value.shape[1:]) == (heads, head_dim), f"[num_q, {heads}, {head_dim}]"
+        else:
+            ok, want = tuple(value.shape) == expected[key], str(list(expected[key]))
+        if not ok:
+            raise UserError(f"{name}: {key} has shape {list(value.shape)}, expected {want} for a LLaVA-1.5 drafter "
+                            f"of hidden size {hidden} with {heads} heads")
 
 
 def _check_embedding(theirs: torch.Tensor, ours: torch.Tensor, name: str, target: str) -> None:
@@ -218,8 +247,6 @@ def _check_embedding(theirs: torch.Tensor, ours: torch.Tensor, name: str, target
     Vicuna-era drafter on llava-hf's 32064 is normal), compared at bf16 precision: the authors
     save in bf16 or fp32, targets load in fp16, bf16 or fp32."""
     rows = min(len(theirs), len(ours))
-    if theirs.shape[1] != ours.shape[1]:
-        raise UserError(f"{name}: its embedding is {theirs.shape[1]} wide, {target}'s {ours.shape[1]}")
     for start in range(0, rows, 4096):
         a = theirs[start:min(rows, start + 4096)].to(torch.bfloat16).float()
         b = ours[start:min(rows, start + 4096)].detach().cpu().to(torch.bfloat16).float()

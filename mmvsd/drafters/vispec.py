@@ -13,7 +13,8 @@ The EAGLE drafter plus two ways of seeing the image without carrying all its tok
 This is the computation of the authors' training code for LLaVA models (their data script marks the
 `<image>` run). Their released inference code builds the image mask for LLaVA-NeXT and Qwen2.5-VL
 only, so for `JLKang/ViSpec-llava-1.5-7b-hf` it runs the drafter as text (g = 0, the image
-tokens' own embeddings, nothing compressed); mmvsd runs it as their training code computes.
+tokens' own embeddings, nothing compressed); mmvsd runs it as their training code computes, and
+as their inference does with `reads_image = False` (the bench's `vispec_image=text`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class VispecDrafter(EagleDrafter):
         super().__init__(spec, embed_tokens, lm_head)
         h = spec.hidden_size
         self.imadpt = ImageAdaptor(h, spec.num_heads, spec.extra.get("num_queries", 2))
+        self.reads_image = True  # False: the prompt's image tokens are read as text, g stays 0
         self.img_fc = nn.Linear(2 * h, h)
         with torch.no_grad():  # h' = h at the start: [I | 0], no bias
             self.img_fc.weight.zero_()
@@ -61,6 +63,8 @@ class VispecDrafter(EagleDrafter):
 
     def start(self, image_pairs: torch.Tensor, image_embeds: torch.Tensor) -> DraftState:
         state = super().start(image_pairs, image_embeds)
+        if not self.reads_image:
+            state.image = None
         state.image_feature = torch.zeros(self.spec.hidden_size, device=image_embeds.device)  # g, until an image is read
         return state
 
