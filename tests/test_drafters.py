@@ -9,7 +9,8 @@ from conftest import random_image, random_prompt
 
 from mmvsd.config import DecodeConfig, TreeConfig
 from mmvsd.drafters import DRAFTERS, build_drafter, load_drafter, save_drafter
-from mmvsd.drafters.base import Rollout, make_pairs, pair_position
+from mmvsd.decoding.drafting import make_pairs
+from mmvsd.drafters.base import Rollout, pair_position
 from mmvsd.errors import UserError
 from mmvsd.models.llava import LlavaTarget
 from mmvsd.models.tiny import build_tiny_random
@@ -182,3 +183,23 @@ def test_a_registered_kind_is_everywhere_a_kind_is(tiny_target, monkeypatch, rng
     assert "(eagle, msd, vispec, blind)" in cli.help_text(TrainConfig, "mmvsd.train", "")
     prompt = tiny_target.encode(random_image(rng), random_prompt(rng))
     assert len(collect_tokens(speculative_generate(tiny_target, drafter, prompt, DecodeConfig(8)))) == 8
+
+
+def test_a_drafted_end_of_answer_gets_no_children(tiny_target, rng):
+    """A drafter that favours EOS everywhere: EOS nodes are leaves of every tree, and the answer is
+    still the target's own."""
+    from mmvsd.decoding import speculative
+
+    drafter = build_drafter("eagle", tiny_target, seed=0)
+    eos = min(tiny_target.eos_token_ids)
+    assert drafter.stop_tokens == frozenset(tiny_target.eos_token_ids)
+    logp = drafter._logp
+    drafter._logp = lambda hidden: logp(hidden).index_fill(-1, torch.tensor([eos]), -0.01)  # EOS near-certain
+    prompt = tiny_target.encode(random_image(rng), "describe the image")
+    steps = list(speculative.speculative_generate(tiny_target, drafter, prompt, DecodeConfig(max_new_tokens=12)))
+    trees = [s.tree for s in steps if s.tree is not None]
+    assert trees and all(any(t.tokens[i] == eos for i in range(1, len(t))) for t in trees)
+    for tree in trees:
+        assert all(tree.children(i) == [] for i in range(len(tree)) if tree.tokens[i] == eos and i > 0)
+    alone = speculative.collect_tokens(speculative.autoregressive_generate(tiny_target, prompt, DecodeConfig(max_new_tokens=12)))
+    assert speculative.collect_tokens(steps) == alone

@@ -25,7 +25,7 @@ from torch import nn
 
 from mmvsd.config import TreeConfig
 from mmvsd.drafters import build_drafter, drafter_kind, load_drafter, save_drafter
-from mmvsd.drafters.base import make_pairs
+from mmvsd.decoding.drafting import make_pairs
 from mmvsd.errors import UserError
 
 # ---------------------------------------------------------------- the authors' computation, re-implemented

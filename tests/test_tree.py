@@ -68,3 +68,18 @@ def test_random_growth_is_ancestor_closed_and_bounded(seed):
 def test_chain():
     tree = DraftTree(torch.tensor([5, 6, 7]), torch.tensor([-1, 0, 1]), torch.zeros(3))  # a chain
     assert tree.depths.tolist() == [0, 1, 2] and tree.children(1) == [2]
+
+
+def test_an_end_of_answer_token_is_a_leaf():
+    """Nothing after EOS can be accepted: an EOS candidate is kept, never expanded (the frontier
+    takes the open candidates only)."""
+    grower = TreeGrower(root_token=0, top_k=2, stop_tokens=frozenset({2}))
+    frontier = grower.expand([0], torch.log_softmax(torch.tensor([[0.0, 2.0, 3.0, 1.0]]), -1))
+    assert [grower.tokens[i] for i in frontier] == [1]  # 2, the best candidate, ends the answer
+    frontier = grower.expand(frontier, torch.log_softmax(torch.tensor([[0.0, 0, 9.0, 1.0]]), -1))
+    assert [grower.tokens[i] for i in frontier] == [3]
+    tree = grower.tree(total_tokens=6)
+    eos = [i for i in range(len(tree)) if tree.tokens[i] == 2]
+    assert len(eos) == 2 and all(tree.children(i) == [] for i in eos)
+    everything_ends = TreeGrower(root_token=0, top_k=2, stop_tokens=frozenset({1, 2}))
+    assert everything_ends.expand([0], torch.log_softmax(torch.tensor([[0.0, 5.0, 5.0, -9.0]]), -1)) == []

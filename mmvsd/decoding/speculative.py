@@ -17,7 +17,7 @@ import torch
 from mmvsd.config import DecodeConfig, is_greedy
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, sample, verify_greedy, verify_stochastic
-from mmvsd.drafters.base import Drafter, make_pairs
+from mmvsd.decoding.drafting import Drafter, make_pairs
 from mmvsd.models.llava import LlavaTarget, Prompt
 
 

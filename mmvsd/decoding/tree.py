@@ -64,8 +64,9 @@ class TreeGrower:
     `frontier = grower.expand(frontier, logp)` for each further round; `grower.tree(total)`.
     """
 
-    def __init__(self, root_token: int, top_k: int):
+    def __init__(self, root_token: int, top_k: int, stop_tokens: frozenset[int] = frozenset()):
         self.top_k = top_k
+        self.stop_tokens = stop_tokens  # end-of-answer ids: such a node is kept as a leaf, never expanded
         self.tokens = [root_token]
         self.parents = [-1]
         self.scores = [0.0]
@@ -75,7 +76,8 @@ class TreeGrower:
         `vocab` [V]: the token id of each logp column, for a reduced draft vocabulary.
 
         All k*k children become candidates; the best k of them by cumulative score (ties to the
-        earlier one) form the frontier that the drafter expands next.
+        earlier one) that do not end the answer form the frontier that the drafter expands next:
+        nothing after an end-of-answer token can be accepted, so it gets no children.
         """
         k = min(self.top_k, logp.shape[-1])
         child_logp, child_tokens = logp.float().topk(k, dim=-1)  # [n, k], sorted descending
@@ -86,7 +88,8 @@ class TreeGrower:
         self.tokens += child_tokens.flatten().tolist()
         self.parents += [parent for parent in nodes for _ in range(k)]
         self.scores += cumulative
-        best = sorted(range(len(cumulative)), key=cumulative.__getitem__, reverse=True)[: self.top_k]  # stable
+        open_ = [i for i in range(len(cumulative)) if self.tokens[first + i] not in self.stop_tokens]
+        best = sorted(open_, key=cumulative.__getitem__, reverse=True)[: self.top_k]  # stable
         return [first + i for i in sorted(best)]
 
     def tree(self, total_tokens: int) -> DraftTree:

@@ -44,6 +44,7 @@ def _instantiate(spec: DrafterSpec, target, seed: int = 0) -> TrainableDrafter:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         drafter = DRAFTERS[spec.kind](spec, target.embed_tokens, target.lm_head)
+    drafter.stop_tokens = frozenset(target.eos_token_ids)
     use_skinny_matmuls(drafter)
     return drafter.to(target.device, target.dtype).eval()
 

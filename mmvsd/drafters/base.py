@@ -1,10 +1,6 @@
-"""What every drafter is: its two protocols, its per-sequence state, its registry, its saved spec,
-and the one convention all drafter inputs follow.
-
-**Pairs.** A drafter reads (feature, token) pairs as in EAGLE (Li et al. 2024, arXiv 2401.15077):
-pair t = (f_{t-1}, x_t), the target's hidden state at position t-1 with the token at position t,
-and it predicts f_t. Pair t sits at position t, the position of its token. `make_pairs` is the
-only place that shifts hidden states against tokens; everything else counts in pairs.
+"""What every drafter is: its training protocol (the decoding one, `Drafter`, belongs to the loop:
+`decoding/drafting.py`, with the pair convention all drafter inputs follow), its per-sequence
+state, its registry and its saved spec.
 
 **Adding a drafter kind**: a new file in this folder with a class decorated `@register_drafter("name")`
 (usually an `EagleDrafter` subclass overriding `embed_pairs`, as `msd.py` does), imported in
@@ -21,11 +17,10 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import nn
 
+from mmvsd.decoding.drafting import Drafter
+
 if TYPE_CHECKING:
-    from mmvsd.config import TreeConfig
-    from mmvsd.decoding.tree import DraftTree
     from mmvsd.drafters.layers import KVCache
-    from mmvsd.models.llava import PrefillOutput
 
 DRAFTERS: dict[str, type] = {}  # kind -> class, filled by @register_drafter
 
@@ -37,14 +32,6 @@ def register_drafter(kind: str):
         DRAFTERS[kind] = cls
         return cls
     return add
-
-
-def make_pairs(hidden: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden [..., T, H] (features at positions 0..T-1), ids [..., T'] (tokens at 0..T'-1) ->
-    features [..., n, H] and tokens [..., n] of pairs 1..n, n = min(T, T' - 1): every pair whose
-    feature and token both exist. Also shifts per-token marks: `make_pairs(hidden, mask)[1]`."""
-    n = min(hidden.shape[-2], ids.shape[-1] - 1)
-    return hidden[..., :n, :], ids[..., 1:n + 1]
 
 
 def pair_position(pair_index: torch.Tensor | int) -> torch.Tensor | int:
@@ -64,18 +51,6 @@ class DraftState:
     image: tuple[torch.Tensor, torch.Tensor] | None = None  # the prompt's image marks [n] and embeddings [n_img, H],
     #                                                         read once by the first `embed_pairs`
     image_feature: torch.Tensor | None = None  # ViSpec's global image feature g, once an image was read
-
-
-class Drafter(Protocol):
-    """Decoding: proposes a draft tree after each verification."""
-
-    kind: str
-
-    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> DraftState:
-        """A new sequence: prompt ids [T] and the target's prefill (hidden [T, H], image marks and embeddings)."""
-
-    def propose(self, state: DraftState, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
-        """Take in the new pairs, features [n, H] and tokens [n]; return a tree rooted at tokens[-1]."""
 
 
 @dataclass

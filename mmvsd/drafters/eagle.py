@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from mmvsd.config import TreeConfig
+from mmvsd.decoding.drafting import make_pairs
 from mmvsd.decoding.tree import DraftTree, TreeGrower
-from mmvsd.drafters.base import DrafterSpec, DraftState, Rollout, make_pairs, pair_position, register_drafter
+from mmvsd.drafters.base import DrafterSpec, DraftState, Rollout, pair_position, register_drafter
 from mmvsd.drafters.layers import DecoderLayer, KVCache
 from mmvsd.models.llava import PrefillOutput
 from mmvsd.models.skinny import linear
@@ -31,6 +32,7 @@ class EagleDrafter(nn.Module):
         # The target's embedding and head, shared and frozen: kept out of the module tree so they
         # are neither trained nor saved with the drafter.
         self.frozen = (embed_tokens, lm_head)
+        self.stop_tokens: frozenset[int] = frozenset()  # the target's end-of-answer ids (set on loading): leaves
         self.draft_vocab = None  # a reduced draft vocabulary (mmvsd.drafters.vocab): its ids and their head rows
         if spec.draft_vocab:
             ids = torch.tensor(spec.draft_vocab, dtype=torch.long, device=lm_head.weight.device)
@@ -110,12 +112,14 @@ class EagleDrafter(nn.Module):
     @torch.inference_mode()
     def propose(self, state: DraftState, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
         root_hidden = self._catch_up(state, *self.embed_pairs(state, features, tokens))  # [H]
-        grower = TreeGrower(int(tokens[-1]), tree.top_k)
+        grower = TreeGrower(int(tokens[-1]), tree.top_k, self.stop_tokens)
         vocab = self.draft_vocab[0] if self.draft_vocab else None
         frontier = grower.expand([0], self._logp(root_hidden[None]), vocab)
         hidden = {0: root_hidden}  # drafter output of every processed node, read by its children
         rows: dict[int, int] = {}  # processed node -> its row in the scratch part of the cache
         for _ in range(tree.depth - 1):
+            if not frontier:  # every candidate ends the answer
+                break
             out = self._forward_nodes(state, grower, frontier, hidden, rows)  # [k, H]
             hidden.update(zip(frontier, out))
             frontier = grower.expand(frontier, self._logp(out), vocab)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from mmvsd.data.conversations import IGNORE, Encoded, encode_conversation, pad_batch
-from mmvsd.drafters.base import make_pairs, pair_position
+from mmvsd.decoding.drafting import make_pairs
+from mmvsd.drafters.base import pair_position
 
 
 @dataclass

@@ -1,0 +1,41 @@
+"""What the decoding loop asks of a drafter, and the one convention of a drafter's inputs. The
+loop owns this interface: `drafters/` implements it and depends on `decoding/`, not the reverse.
+
+**Pairs.** A drafter reads (feature, token) pairs as in EAGLE (Li et al. 2024, arXiv 2401.15077):
+pair t = (f_{t-1}, x_t), the target's hidden state at position t-1 with the token at position t,
+and it predicts f_t. Pair t sits at position t, the position of its token. `make_pairs` is the
+only place that shifts hidden states against tokens; everything else counts in pairs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from mmvsd.config import TreeConfig
+    from mmvsd.decoding.tree import DraftTree
+    from mmvsd.models.llava import PrefillOutput
+
+
+def make_pairs(hidden: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [..., T, H] (features at positions 0..T-1), ids [..., T'] (tokens at 0..T'-1) ->
+    features [..., n, H] and tokens [..., n] of pairs 1..n, n = min(T, T' - 1): every pair whose
+    feature and token both exist. Also shifts per-token marks: `make_pairs(hidden, mask)[1]`."""
+    n = min(hidden.shape[-2], ids.shape[-1] - 1)
+    return hidden[..., :n, :], ids[..., 1:n + 1]
+
+
+class Drafter(Protocol):
+    """Proposes a draft tree after each verification. Its per-sequence state is its own: the loop
+    only hands it back."""
+
+    kind: str
+
+    def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> Any:
+        """A new sequence: prompt ids [T] and the target's prefill (hidden [T, H], image marks and
+        embeddings) -> the sequence's drafting state."""
+
+    def propose(self, state: Any, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
+        """Take in the new pairs, features [n, H] and tokens [n]; return a tree rooted at tokens[-1]."""
