@@ -116,11 +116,12 @@ class EagleDrafter(nn.Module):
         vocab = self.draft_vocab[0] if self.draft_vocab else None
         frontier = grower.expand([0], self._logp(root_hidden[None]), vocab)
         hidden = {0: root_hidden}  # drafter output of every processed node, read by its children
-        rows: dict[int, int] = {}  # processed node -> its row in the scratch part of the cache
-        for _ in range(tree.depth - 1):
+        sees = {0: torch.zeros(0, dtype=torch.bool, device=root_hidden.device)}  # processed node -> the
+        #                                     scratch rows of the cache it attends to: its ancestors and itself
+        for depth in range(1, tree.depth):
             if not frontier:  # every candidate ends the answer
                 break
-            out = self._forward_nodes(state, grower, frontier, hidden, rows)  # [k, H]
+            out = self._forward_level(state, grower, frontier, depth, hidden, sees)  # [k, H]
             hidden.update(zip(frontier, out))
             frontier = grower.expand(frontier, self._logp(out), vocab)
         state.cache.truncate(state.stable)
@@ -136,36 +137,22 @@ class EagleDrafter(nn.Module):
         state.position = int(positions[-1])
         return out[0, -1]
 
-    def _forward_nodes(self, state: DraftState, grower: TreeGrower, nodes: list[int], hidden: dict,
-                       rows: dict) -> torch.Tensor:
-        """One drafter pass over a tree level: each node sees the context and its own ancestors."""
+    def _forward_level(self, state: DraftState, grower: TreeGrower, nodes: list[int], depth: int, hidden: dict,
+                       sees: dict) -> torch.Tensor:
+        """One drafter pass over a tree level, all its `nodes` at `depth` (their parents: the level
+        before, the last rows of the cache): each node sees the context, its ancestors and itself."""
         device = self.fc.weight.device
-        parent_hidden = torch.stack([hidden[grower.parents[i]] for i in nodes])
+        parents = [grower.parents[i] for i in nodes]
+        stable, k = state.stable, len(nodes)
+        own = torch.cat([torch.stack([sees[p] for p in parents]), torch.eye(k, dtype=torch.bool, device=device)], 1)
+        allowed = torch.cat([torch.ones(k, stable, dtype=torch.bool, device=device), own], dim=1)  # [k, S + k]
+        sees.update(zip(nodes, own))
         tokens = torch.tensor([grower.tokens[i] for i in nodes], device=device)
-        depths = [_depth(grower, i) for i in nodes]
-        positions = torch.tensor(depths, device=device) + state.position
-        stable, scratch = state.stable, len(rows)
-        allowed = torch.zeros(len(nodes), stable + scratch + len(nodes), dtype=torch.bool, device=device)
-        allowed[:, :stable] = True
-        for r, node in enumerate(nodes):
-            allowed[r, stable + scratch + r] = True
-            parent = grower.parents[node]
-            while parent > 0:
-                allowed[r, stable + rows[parent]] = True
-                parent = grower.parents[parent]
-            rows[node] = scratch + r
-        out = self.layer(self.fuse(state, parent_hidden, tokens)[None], positions[None], allowed[None, None],
-                         state.cache)
-        return out[0]
+        positions = torch.full((1, k), state.position + depth, device=device)
+        x = self.fuse(state, torch.stack([hidden[p] for p in parents]), tokens)
+        return self.layer(x[None], positions, allowed[None, None], state.cache)[0]
 
     def _logp(self, hidden: torch.Tensor) -> torch.Tensor:
         """Draft log-probabilities [n, V] over the vocabulary, or over the draft vocabulary [n, N]."""
         logits = self.lm_head(hidden) if self.draft_vocab is None else linear(hidden, self.draft_vocab[1])
         return torch.log_softmax(logits.float(), dim=-1)
-
-
-def _depth(grower: TreeGrower, node: int) -> int:
-    depth = 0
-    while node > 0:
-        node, depth = grower.parents[node], depth + 1
-    return depth

@@ -50,26 +50,43 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class KVCache:
-    """Keys and values of one layer for one sequence; `truncate` rolls back speculative rows."""
+    """Keys and values of one layer for one sequence; `truncate` rolls back speculative rows.
+
+    Without autograd (decoding) rows are written into a buffer that doubles when full, so a draft
+    level costs no copy of the whole cache; with autograd on (training) they are concatenated, since
+    writing in place would overwrite tensors that backward saved."""
 
     def __init__(self) -> None:
-        self.keys: torch.Tensor | None = None  # [1, heads, L, hd]
+        self.keys: torch.Tensor | None = None  # [1, heads, capacity, hd]; rows past `length` are scratch
         self.values: torch.Tensor | None = None
+        self.length = 0
 
     def __len__(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
+        return self.length
 
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys is None:
-            self.keys, self.values = keys, values
+        """Add rows [1, heads, n, hd] after the first `length`; return all rows up to them."""
+        end = self.length + keys.shape[2]
+        if torch.is_grad_enabled() or self.keys is None:
+            self.keys = keys if self.length == 0 else torch.cat([self.keys[:, :, :self.length], keys], dim=2)
+            self.values = values if self.length == 0 else torch.cat([self.values[:, :, :self.length], values], dim=2)
         else:
-            self.keys = torch.cat([self.keys, keys], dim=2)
-            self.values = torch.cat([self.values, values], dim=2)
-        return self.keys, self.values
+            if end > self.keys.shape[2]:
+                self.keys, self.values = (_grown(t, self.length, max(2 * end, 256)) for t in (self.keys, self.values))
+            self.keys[:, :, self.length:end] = keys
+            self.values[:, :, self.length:end] = values
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
 
     def truncate(self, length: int) -> None:
-        if self.keys is not None:
-            self.keys, self.values = self.keys[:, :, :length], self.values[:, :, :length]
+        self.length = min(self.length, length)
+
+
+def _grown(buffer: torch.Tensor, rows: int, capacity: int) -> torch.Tensor:
+    """A buffer of `capacity` rows holding the first `rows` of `buffer`."""
+    grown = buffer.new_empty(*buffer.shape[:2], capacity, buffer.shape[3])
+    grown[:, :, :rows] = buffer[:, :, :rows]
+    return grown
 
 
 class DecoderLayer(nn.Module):
