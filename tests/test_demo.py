@@ -371,7 +371,9 @@ def test_a_headless_browser_photographs_a_correct_answer_with_its_tree(demo, tmp
              "--disable-background-networking", "--window-size=1400,1330", "--virtual-time-budget=600000"]
     dom = subprocess.run([*flags, "--dump-dom", demo], capture_output=True, text=True, timeout=300).stdout
     assert 'class="draft-tree"' in dom and "outputs identical" in dom  # the example ran, its tree drawn
-    assert 'class="tree-legend"' in dom and 'class="node bonus"' in dom and 'class="node rejected"' in dom
+    assert 'class="tree-legend"' in dom and 'class="node rejected"' in dom
+    # the last step ends on the target's bonus token, or on a drafted </s> it accepted (then no bonus)
+    assert 'class="node bonus"' in dom or 'class="node accepted"' in dom
     assert "draft probability" in dom  # the nodes' tooltips
     answer = re.search(r'<div class="coloured-answer"><div[^>]*>(.*?)</div>', dom).group(1)
     assert 'class="from-draft"' in answer and 'class="from-target"' in answer
