@@ -170,12 +170,13 @@ def export(cfg: ZooConfig, names: list[str]) -> None:
     out = check_output_dir(out, "OUT")
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; export into a new folder")
-    if not cfg.target and is_authors_folder(drafter_folder(source)):
+    folder = drafter_folder(source)
+    if not cfg.target and is_authors_folder(folder):
         raise UserError(f"{source} is in an author's layout already, without a record of its target: name it, target=ID")
     if cfg.target:
         target = load_target(cfg.target)
     else:  # the toy target whose fingerprint the drafter's config records (an mmvsd folder: kind read above)
-        recorded = json.loads((drafter_folder(source) / "config.json").read_text()).get("target")
+        recorded = json.loads((folder / "config.json").read_text()).get("target")
         target = next((t for t in map(load_target, TOY_SPECS) if t.fingerprint() == recorded), None)
         if target is None:
             raise UserError(f"{source} was not trained for a toy target: name its target, target=ID")

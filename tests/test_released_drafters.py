@@ -265,33 +265,32 @@ def test_a_cached_hub_id_resolves_offline(tmp_path, tiny_target, monkeypatch):
         load_drafter("someone/not-cached", tiny_target)
 
 
-def _other_rows(folder):
+def _edit_state(folder, edit):
+    """Load the folder's pytorch_model.bin, let `edit` change the state dict in place, save it back."""
     state = torch.load(folder / "pytorch_model.bin")
-    state["embed_tokens.weight"][7] += 1.0
+    edit(state)
     torch.save(state, folder / "pytorch_model.bin")
+
+
+def _other_rows(folder):
+    _edit_state(folder, lambda state: state["embed_tokens.weight"][7].add_(1.0))
 
 
 def _add_key(folder, key, shape):
-    state = torch.load(folder / "pytorch_model.bin")
-    state[key] = torch.zeros(shape)
-    torch.save(state, folder / "pytorch_model.bin")
+    _edit_state(folder, lambda state: state.__setitem__(key, torch.zeros(shape)))
 
 
 def _set_dtype(folder, key, dtype):
-    state = torch.load(folder / "pytorch_model.bin")
-    state[key] = state[key].to(dtype)
-    torch.save(state, folder / "pytorch_model.bin")
+    _edit_state(folder, lambda state: state.__setitem__(key, state[key].to(dtype)))
+
+
+def _drop_key(folder, key):
+    _edit_state(folder, lambda state: state.pop(key))
 
 
 def _edit_config(folder, **fields):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **fields}))
-
-
-def _drop_key(folder, key):
-    state = torch.load(folder / "pytorch_model.bin")
-    del state[key]
-    torch.save(state, folder / "pytorch_model.bin")
 
 
 @pytest.mark.parametrize("breakage, message", [

@@ -79,23 +79,26 @@ def drafter_folder(name: str) -> Path:
     return folder
 
 
-def check_drafter_name(name: str) -> None:
-    """Refuse, cheaply and before any model loads, a name that is neither a kind nor a folder."""
-    if name not in DRAFTERS and not drafter_folder(name).is_dir():
+def check_drafter_name(name: str) -> Path:
+    """Refuse, cheaply and before any model loads, a name that is neither a kind nor a folder;
+    return its folder (resolved once: a hub id is looked up in the cache)."""
+    folder = drafter_folder(name)
+    if name not in DRAFTERS and not folder.is_dir():
         raise UserError(f"drafter {name!r}: not a folder, a drafter kind ({', '.join(DRAFTERS)}), a shipped "
                         f"drafter ({', '.join(shipped_drafters()) or 'none'}) or a cached hub id; to start from a "
                         "trained drafter, train it first (recipe NAME writes runs/NAME/drafter)")
+    return folder
 
 
 def drafter_kind(name: str) -> str:
     """The kind of the drafter `name` (a kind, a shipped drafter, a folder or a hub id), without loading it."""
-    check_drafter_name(name)
+    folder = check_drafter_name(name)
     if name in DRAFTERS:
         return name
-    if is_authors_folder(drafter_folder(name)):
-        return authors_kind(drafter_folder(name))
+    if is_authors_folder(folder):
+        return authors_kind(folder)
     try:
-        return json.loads((drafter_folder(name) / "config.json").read_text())["kind"]
+        return json.loads((folder / "config.json").read_text())["kind"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"drafter {name}: cannot read its kind from config.json ({e})") from None
 
@@ -103,10 +106,9 @@ def drafter_kind(name: str) -> str:
 def load_drafter(name: str, target, seed: int = 0, draft_vocab: list[int] | None = None) -> TrainableDrafter:
     """`name` is a drafter folder, a shipped drafter's name, or a kind for an untrained drafter
     (which drafts over `draft_vocab`; a trained drafter brings its own)."""
-    check_drafter_name(name)
+    folder = check_drafter_name(name)
     if name in DRAFTERS:
         return build_drafter(name, target, seed, draft_vocab)
-    folder = drafter_folder(name)
     if is_authors_folder(folder):
         spec, state = read_authors(folder, target)
         drafter = _instantiate(spec, target, seed)

@@ -61,20 +61,22 @@ def is_authors_folder(folder: Path) -> bool:
 
 def authors_kind(folder: Path) -> str:
     """eagle, msd or vispec, from the keys (ViSpec's own) and the config (MSD's model_type "llava")."""
-    keys = set(_read_weights(folder, keys_only=True))
+    return _kind(set(_read_weights(folder, keys_only=True)), _read_config(folder))
+
+
+def _kind(keys: set[str], config: dict) -> str:
     if "imadpt.q" in keys:
         return "vispec"
-    model_type = str(_read_config(folder).get("model_type", "llama"))
-    return "msd" if model_type.startswith("llava") else "eagle"
+    return "msd" if str(config.get("model_type", "llama")).startswith("llava") else "eagle"
 
 
 def read_authors(folder: Path, target) -> tuple[DrafterSpec, dict[str, torch.Tensor]]:
     """The spec and mmvsd-named weights of a drafter in the authors' layout, checked against
     `target`: its width, heads and embedding rows (a drafter of another target is refused here)."""
-    config, kind, name = _read_config(folder), authors_kind(folder), f"drafter {folder}"
-    text = target.model.config.text_config
+    config, keys, name = _read_config(folder), set(_read_weights(folder, keys_only=True)), f"drafter {folder}"
+    kind, text = _kind(keys, config), target.model.config.text_config
     bias = config.get("bias", True) is not False  # the authors' loaders: fc has a bias unless the config says false
-    _check_keys(set(_read_weights(folder, keys_only=True)), kind, bias, name)  # before reading a whole file
+    _check_keys(keys, kind, bias, name)  # before reading a whole file
     state = {k: v for k, v in _read_weights(folder).items() if not k.endswith(IGNORED_SUFFIXES)}
     if config.get("rope_scaling"):
         raise UserError(f"{name}: config.json sets rope_scaling {config['rope_scaling']}; LLaVA-1.5 drafters have none")
