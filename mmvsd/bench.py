@@ -28,7 +28,7 @@ from mmvsd import cli, metrics
 from mmvsd.checks import check_device, check_output_file
 from mmvsd.config import BenchConfig, is_greedy
 from mmvsd.decoding import Step, autoregressive_generate, collect_tokens, speculative_generate
-from mmvsd.decoding.speculative import PHASES
+from mmvsd.decoding.speculative import PHASES, tree_chooser
 from mmvsd.drafters.oracle import OracleDrafter
 from mmvsd.errors import UserError
 from mmvsd.images import load_image
@@ -178,7 +178,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         raise UserError(f"none of the {len(requests)} inputs could be used: {errors[0]['error']}")
 
     decode = cfg.decode
-    warm = replace(decode, max_new_tokens=min(8, decode.max_new_tokens))
+    auto = tree_chooser(target, drafter, prompts[0][1], cfg.tree) if cfg.tree.auto else None  # calibrates once
+    warm = replace(decode, max_new_tokens=min(8, decode.max_new_tokens), tree=replace(cfg.tree, auto=False))
     expect = drafter.expect if isinstance(drafter, OracleDrafter) else lambda tokens: None
     expect(collect_tokens(autoregressive_generate(target, prompts[0][1], warm)))  # first calls pay one-off costs
     list(speculative_generate(target, drafter, prompts[0][1], warm))
@@ -191,7 +192,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         base_tokens = collect_tokens(baseline)
         expect(base_tokens)
         start = time.perf_counter()
-        speculative = list(speculative_generate(target, drafter, prompt, decode))
+        speculative = list(speculative_generate(target, drafter, prompt, decode, auto))
         speculative_s = time.perf_counter() - start
         spec_tokens = collect_tokens(speculative)
         identical = base_tokens == spec_tokens if is_greedy(decode.temperature) else None
@@ -200,6 +201,8 @@ def run_bench(cfg: BenchConfig) -> dict:
                               identical, divergence,
                               metrics.tau(speculative), baseline_s, speculative_s, baseline, speculative))
     report = summarize(cfg, results, errors)
+    if auto is not None:
+        report["auto_costs_ms"] = auto_costs(auto, len(prompts[0][1].input_ids))
     if cfg.assistant:
         report["assisted"] = assisted_peer(cfg, target, assistant, [p for _, p in prompts], results)
     return report
@@ -309,9 +312,28 @@ def summarize(cfg: BenchConfig, results: list[Result], errors: list[dict]) -> di
         "step_ms": phases,
         **metrics.engine_efficiency([r.baseline for r in results], [r.speculative for r in results]),
         "tree_nodes": sum(len(s.tree) for s in spec_steps) / max(1, len(spec_steps)),
+        "tree_depth": sum(int(s.tree.depths.max()) for s in spec_steps) / max(1, len(spec_steps)),
+        "plain_steps": sum(len(r.speculative) - 1 for r in results) - len(spec_steps),  # tree=auto: no tree paid
+        "steps": sum(len(r.speculative) - 1 for r in results),
         "per_input": [r.to_dict() for r in results],
         "config": asdict(cfg),
     }
+
+
+def auto_costs(auto, context: int) -> dict:
+    """What tree=auto's calibration measured, in ms, at a context of `context` positions."""
+    c = auto.costs
+    return {"context": context, "decode": 1000 * c.decode_s(context), "draft_root": 1000 * c.draft_root,
+            "draft_level": 1000 * c.draft_level,
+            "verify_by_size": {n: 1000 * c.verify_s(n, context) for n in c.sizes}}
+
+
+def tree_line(report: dict) -> str:
+    tree = report["config"]["tree"]
+    shape = (f"auto (at most {tree['depth']} deep, {tree['total_tokens']} tokens)" if tree["auto"]
+             else f"{tree['depth']}/{tree['top_k']}/{tree['total_tokens']}")
+    plain = f"; {report['plain_steps']} of {report['steps']} steps decoded plainly" if tree["auto"] else ""
+    return f"{shape}: {report['tree_nodes']:.1f} tokens, {report['tree_depth']:.1f} deep on average{plain}"
 
 
 def identical_line(report: dict) -> str:
@@ -337,6 +359,7 @@ def print_report(report: dict) -> None:
         ("identical outputs", identical_line(report)),
         ("prefill", f"{report['prefill_ms']:.1f} ms (image + prompt)"),
         ("decode step", f"{report['decode_step_ms']:.2f} ms (target, 1 token)"),
+        ("tree", tree_line(report)),
         ("verify step", f"{report['verify_step_ms']:.2f} ms ({report['tree_nodes']:.0f} tree tokens, "
                         f"{report['verify_step_ms'] / report['decode_step_ms']:.2f}x a decode step)"),
         ("step breakdown", " | ".join(f"{phase} {steps[phase]:.2f}" for phase in PHASES) + " ms (medians)"),

@@ -190,20 +190,21 @@ def help_text(cls: type, prog: str, doc: str, recipes: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _describe(cls: type, prefix: str) -> list[tuple[str, str, Any, str]]:
+def _describe(cls: type, prefix: str, instance: Any = None) -> list[tuple[str, str, Any, str]]:
     rows = []
     hints = typing.get_type_hints(cls)
-    instance = cls()
+    instance = cls() if instance is None else instance
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        default = getattr(instance, f.name)
         if dataclasses.is_dataclass(tp):
             if hasattr(tp, "presets"):
-                shapes = ", ".join(f"{name} ({'/'.join(str(v) for v in dataclasses.astuple(c))})"
+                shapes = ", ".join(f"{name} ({'/'.join(str(v) for v in dataclasses.astuple(c) if not isinstance(v, bool))})"
                                    for name, c in tp.presets().items())
-                rows.append((prefix + f.name, "preset", next(iter(tp.presets())), f"a preset: {shapes}; or the fields below"))
-            rows += _describe(tp, prefix + f.name + ".")
+                named = next((name for name, c in tp.presets().items() if c == default), "custom")
+                rows.append((prefix + f.name, "preset", named, f"a preset: {shapes}; or the fields below"))
+            rows += _describe(tp, prefix + f.name + ".", default)
             continue
-        default = getattr(instance, f.name)
         shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
         text = f.metadata.get("help", "")
         rows.append((prefix + f.name, _type_name(tp), shown, text() if callable(text) else text))

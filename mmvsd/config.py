@@ -22,8 +22,9 @@ def opt(default: Any, help: str | Callable[[], str], data: bool = False) -> Any:
     `data=True` marks a training setting that changes which conversations a micro-batch holds:
     the feature cache is keyed by these (`mmvsd.training.cache`)."""
     metadata = {"help": help, "data": data}
-    if dataclasses.is_dataclass(default) and isinstance(default, type):
-        return field(default_factory=default, metadata=metadata)
+    if dataclasses.is_dataclass(default):  # a group: its class (defaults) or an instance (e.g. a preset)
+        factory = default if isinstance(default, type) else lambda: dataclasses.replace(default)
+        return field(default_factory=factory, metadata=metadata)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -96,11 +97,15 @@ DEMO_EXAMPLES = 5  # toy-world images in the demo's Examples row
 @dataclass
 class TreeConfig:
     """Shape of the EAGLE-2 dynamic draft tree (Li et al. 2024, arXiv 2406.16858). Set by a preset
-    (`tree=short`) and/or field by field (`tree.depth=8`, applied on top of a preset)."""
+    (`tree=short`) and/or field by field (`tree.depth=8`, applied on top of a preset). With
+    `auto` (the `auto` preset: the default of bench, lmms-eval and the demo) each step's depth and
+    size are chosen from measured costs (`mmvsd.decoding.auto`), `depth` and `total_tokens` being
+    their upper bounds; setting any field without naming `tree=auto` turns it off."""
 
-    depth: int = opt(10, "drafter expansion rounds: the longest draft path")
+    depth: int = opt(10, "drafter expansion rounds: the longest draft path (auto: at most)")
     top_k: int = opt(2, "children kept per expanded node and beam width per round")
-    total_tokens: int = opt(16, "draft tokens verified per step, best by cumulative log-probability")
+    total_tokens: int = opt(16, "draft tokens verified per step, best by cumulative log-probability (auto: at most)")
+    auto: bool = opt(False, "choose each step's depth and size (and whether to draft at all) by measured cost")
 
     def __post_init__(self) -> None:
         _require(self.depth >= 1, f"tree.depth must be >= 1, got {self.depth}")
@@ -109,17 +114,27 @@ class TreeConfig:
 
     @staticmethod
     def presets() -> dict[str, TreeConfig]:
-        """The named shapes; the default is `narrow`."""
+        """The named shapes; the first is the commands' default."""
         return {
-            # trained toy-m drafters are accepted ~8 deep: a deep narrow tree measured best (1.7-1.9x)
+            # sized each step from measured costs: deep when the drafter is confident, no tree when drafting cannot pay
+            "auto": TreeConfig(10, 2, 64, auto=True),
+            # trained toy-m drafters are accepted ~8 deep: a deep narrow tree
             "narrow": TreeConfig(10, 2, 16),
-            # toy-s decodes in ~1.8 ms, so drafting costs relatively more: 1.36x here vs 1.23x for narrow
+            # toy-s decodes in ~1.8 ms, so drafting costs relatively more: a shallower tree
             "short": TreeConfig(6, 2, 10),
             # one path, no branching: the cheapest verification (gpt-fast's shape)
             "chain": TreeConfig(8, 1, 8),
             # EAGLE-2's bushy shape: for weak or untrained drafters whose first guess is often wrong
             "wide": TreeConfig(5, 8, 24),
         }
+
+    # What `Drafter.propose` asks of a shape (`mmvsd.decoding.drafting.TreeShape`): a fixed one
+    # drafts every level up to `depth` and verifies `total_tokens`.
+    def grows(self, grower, frontier: list[int], depth: int) -> bool:
+        return depth < self.depth
+
+    def size(self, grower) -> int:
+        return self.total_tokens
 
 
 @dataclass
@@ -171,7 +186,7 @@ class BenchConfig(TargetSettings):
     top_p: float = opt(1.0, "nucleus sampling on the target side (1 = off)")
     top_k: int = opt(0, "keep the k most likely tokens on the target side (0 = off)")
     seed: int = opt(0, "seed of the sampler and of the untrained drafter")
-    tree: TreeConfig = opt(TreeConfig, "draft tree shape")
+    tree: TreeConfig = opt(TreeConfig.presets()["auto"], "draft tree shape")
     json: str | None = opt(None, "write the results to this JSON file")
     assistant: str | None = opt(None, "peer: also time transformers' assisted generation with this small "
                                       "LLaVA (e.g. toy-s) as assistant_model, on the same inputs")
@@ -207,7 +222,7 @@ class LmmsConfig(TargetSettings):
     top_p: float = opt(1.0, "nucleus sampling on the target side (a task's generation_kwargs override it)")
     top_k: int = opt(0, "keep the k most likely tokens on the target side (0 = off; generation_kwargs override it)")
     seed: int = opt(0, "seed of the sampler and of an untrained drafter")
-    tree: TreeConfig = opt(TreeConfig, "draft tree shape")
+    tree: TreeConfig = opt(TreeConfig.presets()["auto"], "draft tree shape")
     download: bool = opt(False, "allow fetching a hub id that is not in the local cache")
 
     def __post_init__(self) -> None:
@@ -222,7 +237,7 @@ class DemoConfig(TargetSettings):
     drafter: str | None = opt(None, "a drafter folder (mmvsd's or an author's release), cached hub id, shipped "
                                     "drafter or kind (default: the MSD drafter shipped for "
                                     "the toy target, or one trained once for another target)")
-    tree: TreeConfig = opt(TreeConfig, "the tree sliders' starting shape")
+    tree: TreeConfig = opt(TreeConfig.presets()["auto"], "the tree menu's starting shape")
     max_new_tokens: int = opt(96, "the longest answer (the slider's maximum)")
     prompt: str = opt("Describe the image in detail.", "the prompt box's first text (and autorun's prompt)")
     autorun: bool = opt(False, "run an example at start-up and open the page on its result (screenshots)")

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from mmvsd import cli, metrics  # noqa: E402
 from mmvsd.checks import check_device, mmvsd_home  # noqa: E402
 from mmvsd.config import DEMO_EXAMPLES, DecodeConfig, DemoConfig, TreeConfig  # noqa: E402
-from mmvsd.decoding.speculative import autoregressive_generate, speculative_generate  # noqa: E402
+from mmvsd.decoding.speculative import autoregressive_generate, speculative_generate, tree_chooser  # noqa: E402
 from mmvsd.drafters import DRAFTERS, load_drafter  # noqa: E402
 from mmvsd.errors import UserError  # noqa: E402
 from mmvsd.images import load_image  # noqa: E402
@@ -308,15 +308,16 @@ def view(**values) -> tuple:
     return tuple(values.get(name, empty.get(name, "")) for name in OUTPUTS)
 
 
-def generate(target, drafters: dict, image_path, prompt, temperature, depth, top_k, total_tokens, new_tokens,
-             drafter_name):
-    """One request: the target alone, then speculative decoding, streamed as views of the page."""
+def generate(target, drafters: dict, choosers: dict, image_path, prompt, temperature, depth, top_k, total_tokens,
+             auto, new_tokens, drafter_name):
+    """One request: the target alone, then speculative decoding, streamed as views of the page.
+    `choosers` keeps tree=auto's chooser per drafter and shape: what it learns lasts the session."""
     try:
         if not image_path:
             raise UserError("upload an image or pick an example first")
         image = load_image(image_path)
         cfg = DecodeConfig(int(new_tokens), float(temperature), 1.0, 0,
-                           TreeConfig(int(depth), int(top_k), int(total_tokens)))
+                           TreeConfig(int(depth), int(top_k), int(total_tokens), bool(auto)))
         prompt_ids = target.encode(image, prompt, cfg.max_new_tokens)
     except UserError as e:
         yield view(status=f"**Cannot run:** {e}")
@@ -324,6 +325,14 @@ def generate(target, drafters: dict, image_path, prompt, temperature, depth, top
     drafter = drafters[drafter_name]
     yield view(status="Target alone: generating...")
     alone, alone_s = yield from stream_alone(target, prompt_ids, cfg)
+    chooser = None
+    if cfg.tree.auto:
+        key = (drafter_name, cfg.tree)
+        if key not in choosers:
+            yield view(**alone, status="tree=auto: measuring this drafter's costs (once)...")
+            calibration = (tree_chooser(target, drafter, prompt_ids, cfg.tree) for _ in range(1))  # runs where decoding runs
+            [choosers[key]] = in_main_thread(calibration)
+        chooser = choosers[key]
     spec_tokens, spans, steps, trace, spec_s, shown_at = [], [], [], [], 0.0, time.perf_counter()
 
     # The step data goes to the replay slider's server-side state at every update, and to the
@@ -334,7 +343,7 @@ def generate(target, drafters: dict, image_path, prompt, temperature, depth, top
                     tree=tree_panel(trace, len(trace) - 1), replay=trace,
                     step=gr.update(maximum=max(1, len(trace)), value=len(trace)), **values)
 
-    for step in in_main_thread(speculative_generate(target, drafter, prompt_ids, cfg)):
+    for step in in_main_thread(speculative_generate(target, drafter, prompt_ids, cfg, chooser)):
         spans += step_spans(target, spec_tokens, step)
         spec_tokens += step.tokens
         steps.append(step)
@@ -345,8 +354,12 @@ def generate(target, drafters: dict, image_path, prompt, temperature, depth, top
             shown_at = time.perf_counter()
             yield spec_view(spec_stats=f"{len(spec_tokens) / spec_s:.0f} tokens/s", trace=gr.update(),
                             status="Speculative: generating...")
+    plain = len(steps) - 1 - len(trace)  # tree=auto: steps where no tree paid
+    sizes = (f"; auto drafted trees of {sum(len(r['tokens']) - 1 for r in trace) / max(1, len(trace)):.1f} tokens, "
+             f"{sum(max(r['depths']) for r in trace) / max(1, len(trace)):.1f} deep on average, and decoded "
+             f"{plain} steps plainly" if cfg.tree.auto else "")
     summary = (f"**speed-up {alone_s / spec_s:.2f}x**, tau {metrics.tau(steps):.2f} tokens per target forward "
-               f"(incl. bonus), {len(trace)} target forwards for {len(spec_tokens)} tokens; outputs "
+               f"(incl. bonus), {len(steps) - 1} target forwards for {len(spec_tokens)} tokens{sizes}; outputs "
                + ("identical" if alone["alone_text"] == target.decode(spec_tokens) else "differ (sampled)"))
     yield spec_view(spec_stats=f"{len(spec_tokens)} tokens, {len(spec_tokens) / spec_s:.0f} tokens/s",
                     summary=summary, plot=acceptance_plot(trace), trace=trace, status="Done.")
@@ -371,7 +384,7 @@ def stream_alone(target, prompt_ids, cfg: DecodeConfig):
 def build_app(target, drafters: dict, examples: list[str], max_new_tokens: int, prompt_text: str,
               autorun: str | None, shape: TreeConfig) -> gr.Blocks:
     """The page; `autorun`: an example image to run now, whose result the page then opens with."""
-    handle = functools.partial(generate, target, drafters)
+    handle = functools.partial(generate, target, drafters, {})
     # autorun: run an example now; the page then opens showing the finished run (its initial
     # values, so a browser sees it without waiting on a request).
     shown = dict(zip(OUTPUTS, view(step=0, trace=None)))
@@ -396,7 +409,7 @@ def build_app(target, drafters: dict, examples: list[str], max_new_tokens: int, 
                 with gr.Row():
                     temperature = gr.Slider(0, 1.5, value=0, step=0.1, label="temperature")
                     new_tokens = gr.Slider(1, max_new_tokens, value=max_new_tokens, step=1, label="max new tokens")
-                depth, top_k, total = tree_controls(shape)
+                depth, top_k, total, auto = tree_controls(shape)
                 drafter = gr.Dropdown(list(drafters), value=list(drafters)[0], label="drafter")
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary")
@@ -405,7 +418,7 @@ def build_app(target, drafters: dict, examples: list[str], max_new_tokens: int, 
             with gr.Column(scale=2):
                 shows = results(shown)
         shows.update(status=status, replay=gr.State(shown["replay"]))
-        inputs = [image, prompt, temperature, depth, top_k, total, new_tokens, drafter]
+        inputs = [image, prompt, temperature, depth, top_k, total, auto, new_tokens, drafter]
         running = run.click(handle, inputs, [shows[name] for name in OUTPUTS], api_name="generate")
         stop.click(lambda: "Stopped.", None, [status], cancels=[running], api_name=False)
         image.change(show_preview, [image], [preview, status], api_name=False)
@@ -415,17 +428,18 @@ def build_app(target, drafters: dict, examples: list[str], max_new_tokens: int, 
 
 
 def tree_controls(shape: TreeConfig) -> tuple:
-    """The tree's preset menu over its three sliders (spelled as on the command line)."""
+    """The tree's preset menu over its sliders and auto box (spelled as on the command line)."""
     presets = TreeConfig.presets()
     name = next((name for name, preset in presets.items() if preset == shape), "custom")
     menu = gr.Dropdown([*presets, "custom"], value=name, label="tree")
     with gr.Row():
         depth = gr.Slider(1, 12, value=shape.depth, step=1, label="tree.depth")
         top_k = gr.Slider(1, 8, value=shape.top_k, step=1, label="tree.top_k")
-        total = gr.Slider(1, 48, value=shape.total_tokens, step=1, label="tree.total_tokens")
-    menu.input(lambda name: astuple(presets[name]) if name in presets else (gr.update(),) * 3, [menu],
-               [depth, top_k, total], api_name=False)
-    return depth, top_k, total
+        total = gr.Slider(1, 64, value=shape.total_tokens, step=1, label="tree.total_tokens")
+        auto = gr.Checkbox(value=shape.auto, label="tree.auto (sizes at most as above)")
+    menu.input(lambda name: astuple(presets[name]) if name in presets else (gr.update(),) * 4, [menu],
+               [depth, top_k, total, auto], api_name=False)
+    return depth, top_k, total, auto
 
 
 def results(shown: dict) -> dict:

@@ -55,5 +55,8 @@ def engine_efficiency(baselines: Sequence[Sequence[Step]], speculatives: Sequenc
     speedup = tokens_per_second(sum(len(s.tokens) for s in spec), sum(s.seconds for s in spec)) / \
         tokens_per_second(sum(len(s.tokens) for s in base), sum(s.seconds for s in base))
     t_decode = median(s.seconds for s in base)
-    limit = tau(spec) * t_decode / (median(s.phases["verify"] for s in spec) + median(s.phases["draft"] for s in spec))
+    verified = verify_steps(spec)  # under tree=auto some steps decode plainly
+    if not verified:
+        return {"decode_speedup": speedup, "speedup_limit": float("nan"), "engine_efficiency": float("nan")}
+    limit = tau(spec) * t_decode / (median(s.phases["verify"] for s in verified) + median(s.phases["draft"] for s in verified))
     return {"decode_speedup": speedup, "speedup_limit": limit, "engine_efficiency": speedup / limit}

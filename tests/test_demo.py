@@ -71,11 +71,11 @@ def demo(request):
 
 
 def generate_args(image: Path, prompt: str = "Describe the image.", *, max_new_tokens: int, depth: int, top_k: int,
-                  total: int) -> tuple:
+                  total: int, auto: bool = False) -> tuple:
     """/generate's inputs, in order, at temperature 0 with the untrained EAGLE drafter."""
     from gradio_client import handle_file
 
-    return handle_file(str(image)), prompt, 0.0, depth, top_k, total, max_new_tokens, "eagle"
+    return handle_file(str(image)), prompt, 0.0, depth, top_k, total, auto, max_new_tokens, "eagle"
 
 
 def blue_image(tmp_path: Path) -> Path:

@@ -247,14 +247,19 @@ def exact_sequences(target, prompt, length: int, temperature: float, top_p: floa
     return exact
 
 
-def sample_sequences(target, prompt, drafter, n, length, temperature, top_p, tree, top_k=0) -> Counter:
+def sample_sequences(target, prompt, drafter, n, length, temperature, top_p, tree, top_k=0, auto=None,
+                     trees: list | None = None) -> Counter:
+    """`n` speculative samples (seeds 0..n-1); `auto`: tree=auto's chooser for the whole session;
+    `trees` collects the size of every tree verified."""
     from mmvsd.config import DecodeConfig
 
     counts = Counter()
     for seed in range(n):
         cfg = DecodeConfig(length, temperature, top_p, seed, tree, top_k)
-        steps = speculative.speculative_generate(target, drafter, prompt, cfg)
+        steps = list(speculative.speculative_generate(target, drafter, prompt, cfg, auto))
         counts[tuple(collect_tokens(steps))] += 1
+        if trees is not None:
+            trees += [len(s.tree) for s in steps if s.tree is not None]
     return counts
 
 
@@ -321,3 +326,23 @@ def test_speculative_sampling_matches_generate(small_vocab_target, monkeypatch, 
         monkeypatch.setattr(speculative, "verify_stochastic", no_renormalisation)
         biased = sample_sequences(target, prompt, proposing_likely_tokens, n, length, temperature, top_p, tree, top_k)
         assert chi_square_p(biased, exact, n) < 1e-4
+
+
+def test_speculative_sampling_with_auto_trees_matches_the_exact_distribution(small_vocab_target):
+    """tree=auto changes which trees are verified, step by step and as it learns over the session,
+    never how: sequences of 4 tokens sampled through its trees follow the exact distribution."""
+    from mmvsd.config import TreeConfig
+    from mmvsd.decoding.auto import AutoTree
+    from mmvsd.decoding.costs import Costs
+    from mmvsd.drafters import build_drafter
+
+    target, prompt = small_vocab_target
+    drafter = build_drafter("eagle", target, seed=0)
+    tree = TreeConfig(3, 2, 6, auto=True)
+    cheap = Costs([0], [1, 64], [[1.0, 1.1]], [1.0], draft_root=0.05, draft_level=0.05, draft_pair=0.0)
+    n, length, trees = 1500, 4, []
+    exact = exact_sequences(target, prompt, length, 1.0, 1.0)
+    samples = sample_sequences(target, prompt, drafter, n, length, 1.0, 1.0, tree, auto=AutoTree(cheap, 2, 3, 6),
+                               trees=trees)
+    assert chi_square_p(samples, exact, n) > 1e-3
+    assert len(trees) > n // 4 and len(set(trees)) > 1  # trees were verified (and plain steps taken), of varied sizes

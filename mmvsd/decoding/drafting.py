@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from mmvsd.config import TreeConfig
-    from mmvsd.decoding.tree import DraftTree
+    from mmvsd.decoding.tree import DraftTree, TreeGrower
     from mmvsd.models.llava import PrefillOutput
 
 
@@ -25,6 +24,20 @@ def make_pairs(hidden: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, t
     feature and token both exist. Also shifts per-token marks: `make_pairs(hidden, mask)[1]`."""
     n = min(hidden.shape[-2], ids.shape[-1] - 1)
     return hidden[..., :n, :], ids[..., 1:n + 1]
+
+
+class TreeShape(Protocol):
+    """How big a tree `propose` grows: a fixed `TreeConfig`, or `tree=auto`'s `AutoTree` deciding
+    from the tree drafted so far."""
+
+    depth: int  # levels at most (the root's children are level 1)
+    top_k: int  # children per expanded node, and nodes expanded per level
+
+    def grows(self, grower: TreeGrower, frontier: list[int], depth: int) -> bool:
+        """Draft the children of `frontier`, the nodes at `depth`?"""
+
+    def size(self, grower: TreeGrower) -> int:
+        """Draft tokens to verify, the best by score (0: the root alone)."""
 
 
 class Drafter(Protocol):
@@ -37,5 +50,5 @@ class Drafter(Protocol):
         """A new sequence: prompt ids [T] and the target's prefill (hidden [T, H], image marks and
         embeddings) -> the sequence's drafting state."""
 
-    def propose(self, state: Any, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
+    def propose(self, state: Any, features: torch.Tensor, tokens: torch.Tensor, tree: TreeShape) -> DraftTree:
         """Take in the new pairs, features [n, H] and tokens [n]; return a tree rooted at tokens[-1]."""

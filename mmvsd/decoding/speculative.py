@@ -1,7 +1,8 @@
 """The decoding loop, as a generator of steps shared by the bench, lmms-eval plugin and demo.
 
 speculative_generate: prefill -> (propose a tree -> verify it in one target pass -> commit the
-accepted path -> hand the drafter the new pairs) until EOS or max_new_tokens.
+accepted path -> hand the drafter the new pairs) until EOS or max_new_tokens; under `tree=auto` a
+step whose best tree would not pay decodes plainly instead, and the drafter catches up later.
 autoregressive_generate: the target alone, one token per forward, through the same adapter.
 """
 
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mmvsd.config import DecodeConfig, is_greedy
+from mmvsd.config import DecodeConfig, TreeConfig, is_greedy
+from mmvsd.decoding.auto import AutoTree
+from mmvsd.decoding.costs import load_costs
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, sample, verify_greedy, verify_stochastic
 from mmvsd.decoding.drafting import Drafter, make_pairs
@@ -22,6 +25,7 @@ from mmvsd.models.llava import LlavaTarget, Prompt
 
 
 PHASES = ("draft", "tree", "verify", "accept", "commit", "other")  # of a speculative step, in order
+# (a step that decodes plainly under tree=auto has one phase, "decode"; the prefill step, "prefill")
 
 
 @dataclass
@@ -30,7 +34,7 @@ class Step:
 
     tokens: list[int]  # emitted by this step, cut at EOS / max_new_tokens
     seconds: float  # wall time of the whole step
-    tree: DraftTree | None = None  # None for the prefill step and for autoregressive steps
+    tree: DraftTree | None = None  # None for the prefill step and for plain decoding steps
     path: list[int] | None = None  # accepted node indices, root (0) first
     phases: dict[str, float] = field(default_factory=dict)  # seconds per PHASES entry (speculative steps)
 
@@ -66,6 +70,7 @@ class _Output:
 
     def __init__(self, target: LlavaTarget, cfg: DecodeConfig):
         self.eos, self.budget, self.done = target.eos_token_ids, cfg.max_new_tokens, False
+        self.emitted = 0
 
     def take(self, tokens: list[int]) -> list[int]:
         kept = []
@@ -75,25 +80,42 @@ class _Output:
                 self.done = True
                 break
         self.budget -= len(kept)
+        self.emitted += len(kept)
         self.done |= self.budget <= 0
         return kept
 
 
-def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt,
-                         cfg: DecodeConfig) -> Iterator[Step]:
+def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt, cfg: DecodeConfig,
+                         auto: AutoTree | None = None) -> Iterator[Step]:
+    """Under `cfg.tree.auto`, `auto` sizes each tree (pass one per session: it learns the drafter's
+    acceptance and answer lengths; made here, from the cached or a fresh calibration, when not
+    given); a fixed tree ignores it."""
     generator = torch.Generator().manual_seed(cfg.seed)
     output = _Output(target, cfg)
+    if not cfg.tree.auto:
+        auto = None
+    elif auto is None:
+        auto = tree_chooser(target, drafter, prompt, cfg.tree)
+    shape = auto or cfg.tree
     clock = _Clock(target.device)
     prefill = target.prefill(prompt)  # logits [V], hidden [T, H]
     root = sample(prefill.logits, cfg, generator)
     clock.lap("prefill")
     yield Step(output.take([root]), clock.total, phases=clock.phases)
     state = drafter.begin(prompt.input_ids, prefill)
+    # the pairs the drafter has not taken in yet: features [n, H] and tokens [n + 1], ending on the root
     hidden, kept = prefill.hidden, torch.cat([prompt.input_ids, prompt.input_ids.new_tensor([root])])
-    while not output.done:  # the newest pair always ends on the newest token: the next tree's root
+    while not output.done:
         clock = _Clock(target.device)
+        if auto is not None and not auto.drafts(target.cache.get_seq_length(), output.emitted, len(hidden), output.budget):
+            logits, new_hidden = target.forward(kept[-1:], torch.zeros(1, dtype=torch.long))  # [1, V], [1, H]
+            token = sample(logits[0], cfg, generator)  # no tree paid: plain decoding
+            hidden, kept = torch.cat([hidden, new_hidden]), torch.cat([kept, kept.new_tensor([token])])
+            clock.lap("decode")
+            yield Step(output.take([token]), clock.total, phases=clock.phases)
+            continue
         features, tokens = make_pairs(hidden, kept)
-        tree = drafter.propose(state, features, tokens, cfg.tree)  # tree.tokens[0] == root
+        tree = drafter.propose(state, features, tokens, shape)  # tree.tokens[0] == root
         clock.lap("draft")
         positions, mask = target.tree_inputs(tree.depths, tree.ancestors)
         clock.lap("tree")
@@ -107,10 +129,20 @@ def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt,
         clock.lap("accept")
         target.commit(len(tree), torch.tensor(path))
         clock.lap("commit")
+        if auto is not None:
+            auto.observe(tree, path)
         hidden, kept = hidden[path], torch.tensor(tree.tokens[path].tolist() + [bonus], device=hidden.device)
         emitted = output.take(kept[1:].tolist())  # the root was emitted by the step before
         clock.lap("other")
         yield Step(emitted, clock.total, tree, path, clock.phases)
+    if auto is not None:
+        auto.finish(output.emitted)
+
+
+def tree_chooser(target: LlavaTarget, drafter: Drafter, prompt: Prompt, tree: TreeConfig) -> AutoTree:
+    """`tree=auto`'s chooser for this target and drafter: costs from the cache under $MMVSD_HOME, or
+    measured now on `prompt` (seconds)."""
+    return AutoTree(load_costs(target, drafter, prompt, tree.top_k), tree.top_k, tree.depth, tree.total_tokens)
 
 
 def autoregressive_generate(target: LlavaTarget, prompt: Prompt, cfg: DecodeConfig) -> Iterator[Step]:

@@ -70,6 +70,7 @@ class TreeGrower:
         self.tokens = [root_token]
         self.parents = [-1]
         self.scores = [0.0]
+        self.depths = [0]
 
     def expand(self, nodes: list[int], logp: torch.Tensor, vocab: torch.Tensor | None = None) -> list[int]:
         """Add the top-k children of each node (logp: [len(nodes), V]); return the next frontier.
@@ -88,6 +89,7 @@ class TreeGrower:
         self.tokens += child_tokens.flatten().tolist()
         self.parents += [parent for parent in nodes for _ in range(k)]
         self.scores += cumulative
+        self.depths += [self.depths[parent] + 1 for parent in nodes for _ in range(k)]
         open_ = [i for i in range(len(cumulative)) if self.tokens[first + i] not in self.stop_tokens]
         best = sorted(open_, key=cumulative.__getitem__, reverse=True)[: self.top_k]  # stable
         return [first + i for i in sorted(best)]

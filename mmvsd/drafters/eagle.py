@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmvsd.config import TreeConfig
-from mmvsd.decoding.drafting import make_pairs
+from mmvsd.decoding.drafting import TreeShape, make_pairs
 from mmvsd.decoding.tree import DraftTree, TreeGrower
 from mmvsd.drafters.base import DrafterSpec, DraftState, Rollout, pair_position, register_drafter
 from mmvsd.drafters.layers import DecoderLayer, KVCache
@@ -110,7 +109,7 @@ class EagleDrafter(nn.Module):
         return self.start(make_pairs(prefill.hidden, prefill.image_mask)[1], prefill.image_embeds)
 
     @torch.inference_mode()
-    def propose(self, state: DraftState, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
+    def propose(self, state: DraftState, features: torch.Tensor, tokens: torch.Tensor, tree: TreeShape) -> DraftTree:
         root_hidden = self._catch_up(state, *self.embed_pairs(state, features, tokens))  # [H]
         grower = TreeGrower(int(tokens[-1]), tree.top_k, self.stop_tokens)
         vocab = self.draft_vocab[0] if self.draft_vocab else None
@@ -118,14 +117,14 @@ class EagleDrafter(nn.Module):
         hidden = {0: root_hidden}  # drafter output of every processed node, read by its children
         sees = {0: torch.zeros(0, dtype=torch.bool, device=root_hidden.device)}  # processed node -> the
         #                                     scratch rows of the cache it attends to: its ancestors and itself
-        for depth in range(1, tree.depth):
-            if not frontier:  # every candidate ends the answer
-                break
+        depth = 1
+        while frontier and tree.grows(grower, frontier, depth):  # an empty frontier: every candidate ends the answer
             out = self._forward_level(state, grower, frontier, depth, hidden, sees)  # [k, H]
             hidden.update(zip(frontier, out))
             frontier = grower.expand(frontier, self._logp(out), vocab)
+            depth += 1
         state.cache.truncate(state.stable)
-        return grower.tree(tree.total_tokens)
+        return grower.tree(tree.size(grower))
 
     def _catch_up(self, state: DraftState, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Run the accepted inputs [n, H] at `positions` [n] into the cache; return the last output."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmvsd.config import TreeConfig
+from mmvsd.decoding.drafting import TreeShape
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.models.llava import PrefillOutput
 
@@ -39,7 +39,7 @@ class OracleDrafter:
     def begin(self, input_ids: torch.Tensor, prefill: PrefillOutput) -> OracleState:
         return OracleState(emitted=-len(input_ids) + 1)  # the first pairs are the prompt's, then the root
 
-    def propose(self, state: OracleState, features: torch.Tensor, tokens: torch.Tensor, tree: TreeConfig) -> DraftTree:
+    def propose(self, state: OracleState, features: torch.Tensor, tokens: torch.Tensor, tree: TreeShape) -> DraftTree:
         state.emitted += len(tokens)  # tokens [n] end on the root: the newest emitted token
         guess = torch.tensor(self.continuation[state.emitted: state.emitted + tree.depth], dtype=torch.long)
         wrong = torch.rand(len(guess), generator=self.generator) >= self.accept

@@ -26,7 +26,7 @@ from lmms_eval.protocol import ChatMessages
 from mmvsd import cli, metrics
 from mmvsd.checks import check_device
 from mmvsd.config import DecodeConfig, LmmsConfig
-from mmvsd.decoding.speculative import autoregressive_generate, collect_tokens, speculative_generate
+from mmvsd.decoding.speculative import autoregressive_generate, collect_tokens, speculative_generate, tree_chooser
 from mmvsd.drafters import load_drafter
 from mmvsd.errors import UserError
 from mmvsd.models import load_target
@@ -51,6 +51,7 @@ class Mmvsd(lmms):
         self.target = load_target(self.cfg.target, self.cfg.dtype, self.cfg.device, self.cfg.download,
                                   self.cfg.target_layers, self.cfg.vision_layers)
         self.drafter = load_drafter(self.cfg.drafter, self.target, self.cfg.seed) if self.cfg.drafter else None
+        self.chooser = None  # tree=auto's, made at the first request (calibrated once per machine and drafter)
 
     def generate_until(self, requests) -> list[GenerationResult]:
         results = []
@@ -71,8 +72,10 @@ class Mmvsd(lmms):
                            top_p=float(gen_kwargs.get("top_p") or self.cfg.top_p), seed=self.cfg.seed, tree=self.cfg.tree,
                            top_k=int(gen_kwargs.get("top_k") or self.cfg.top_k))
         prompt = self.target.encode(image, text, cfg.max_new_tokens)
+        if self.drafter and cfg.tree.auto and self.chooser is None:
+            self.chooser = tree_chooser(self.target, self.drafter, prompt, cfg.tree)
         start = time.perf_counter()
-        steps = list(speculative_generate(self.target, self.drafter, prompt, cfg) if self.drafter
+        steps = list(speculative_generate(self.target, self.drafter, prompt, cfg, self.chooser) if self.drafter
                      else autoregressive_generate(self.target, prompt, cfg))
         seconds = time.perf_counter() - start
         tokens = collect_tokens(steps)

@@ -34,7 +34,7 @@ class RunConfig:
     drafters: list[str] = opt(["runs/toy_msd/drafter"], "drafter folders or kinds")
     tasks: list[str] = opt(list(METRICS), "lmms-eval tasks (the *_hub ones read lmms-lab's datasets)")
     limit: int = opt(50, "documents per task (0 = all)")
-    tree: TreeConfig = opt(TreeConfig, "draft tree shape")
+    tree: TreeConfig = opt(TreeConfig.presets()["auto"], "draft tree shape")
     out: str = opt("eval/lmms", "folder for report.md, acceptance_by_depth.png, summary.json and the raw runs")
     dry_run: bool = opt(False, "print the resolved config and exit")
 
@@ -51,9 +51,11 @@ def main(cfg: RunConfig) -> None:
 
     hub_only = all(task.endswith("_hub") for task in cfg.tasks)  # lmms-lab's data: no toy splits to write
     tasks = TEMPLATES if hub_only else task_folder(log=lambda m: print(m, file=sys.stderr))
-    tree = ",".join(f"tree.{key}={value}" for key, value in asdict(cfg.tree).items())
+    # the plugin's own default (auto) unless the user chose a tree: then every field, as resolved here
+    tree = "" if cfg.tree == TreeConfig.presets()["auto"] else "," + ",".join(
+        f"tree.{key}={value}" for key, value in asdict(cfg.tree).items())
     alone = evaluate(cfg, "target_alone", f"target={cfg.target}", tasks)
-    runs = {d: evaluate(cfg, f"drafter_{i}", f"target={cfg.target},drafter={d},{tree}", tasks)
+    runs = {d: evaluate(cfg, f"drafter_{i}", f"target={cfg.target},drafter={d}{tree}", tasks)
             for i, d in enumerate(cfg.drafters)}
     out = Path(cfg.out)
     summary = summarize(cfg, alone, runs)
@@ -87,7 +89,8 @@ def summarize(cfg: RunConfig, alone: dict, runs: dict[str, dict]) -> dict:
 def report_markdown(cfg: RunConfig, s: dict) -> str:
     names = list(s["drafters"])
     lines = [f"lmms-eval on {s['target']} ({', '.join(f'{t}: {n} docs' for t, n in s['n'].items())}), greedy; "
-             f"tree {cfg.tree.depth}/{cfg.tree.top_k}/{cfg.tree.total_tokens}.", "",
+             (f"tree auto (at most {cfg.tree.depth} deep, {cfg.tree.total_tokens} tokens)." if cfg.tree.auto else
+              f"tree {cfg.tree.depth}/{cfg.tree.top_k}/{cfg.tree.total_tokens}."), "",
              "| task (metric) | target alone | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for task in s["tasks"]:
         cells = []
