@@ -121,7 +121,7 @@ def test_an_unwritable_mmvsd_home_is_refused_before_a_build(places, no_model, ca
     ({"top_p": 0}, "top_p must be in (0, 1]"),
     ({"tree.depth": 0}, "tree.depth must be >= 1"),
     ({"tree.depth": "deep"}, "tree.depth must be an integer, got 'deep'"),
-    ({"tree": "bushy"}, "tree must be a preset (narrow, short, chain, wide)"),
+    ({"tree": "bushy"}, "tree must be a preset (auto, narrow, short, chain, wide)"),
     ({"dtype": "float64"}, "dtype must be one of float32, bfloat16, float16"),
     ({"depth": 3}, "unknown key 'depth'; did you mean 'tree.depth'?"),
 ])

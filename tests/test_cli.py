@@ -119,12 +119,13 @@ def test_help_lists_every_key_with_its_default():
     text = cli.help_text(BenchConfig, "mmvsd.bench", "Bench.")
     for key in cli.all_keys(BenchConfig):
         assert f"  {key}=" in text
-    assert "tree.total_tokens=16" in text and "data=null" in text
-    assert "tree=narrow" in text and "short (6/2/10)" in text  # the presets, listed once
+    assert "tree=auto" in text and "tree.total_tokens=64" in text and "data=null" in text
+    assert "auto (10/2/64)" in text and "short (6/2/10)" in text  # the presets, listed once
 
 
 @pytest.mark.parametrize("argv, shape", [
-    ([], (10, 2, 16)),
+    ([], (10, 2, 64)),  # auto: the bench's default, at most 10 deep and 64 tokens
+    (["tree.top_k=3"], (10, 3, 16)),  # a field alone: auto off, the other fields narrow's
     (["tree=short"], (6, 2, 10)),
     (["tree=chain", "tree.depth=12"], (12, 1, 8)),  # a field on top of a preset
     (["tree.depth=3", "tree=wide"], (5, 8, 24)),  # a later preset replaces earlier fields: the last word wins
@@ -138,6 +139,7 @@ def test_tree_presets_and_fields(argv, shape, tmp_path):
     (tmp_path / "named.yaml").write_text("tree: chain\n")
     cfg = cli.parse(BenchConfig, argv, recipes_dir=tmp_path)
     assert (cfg.tree.depth, cfg.tree.top_k, cfg.tree.total_tokens) == shape
+    assert cfg.tree.auto == (argv == [])
 
 
 def test_run_prints_one_line_errors_and_dry_run(capsys):

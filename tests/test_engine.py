@@ -46,7 +46,7 @@ def test_the_oracle_sets_tau_and_the_bench_breaks_each_step_down(accept):
     assert abs(report["tau"] - expected) < (0.6 if accept == 1 else 0.5), report["tau"]
     assert set(report["step_ms"]) == set(PHASES) and all(v >= 0 for v in report["step_ms"].values())
     assert report["step_ms"]["verify"] > 0 and report["prefill_ms"] > 0
-    assert report["speedup_limit"] > 1 and 0 < report["engine_efficiency"]
+    assert report["speedup_limit"] > (1 if accept == 1 else 0) and 0 < report["engine_efficiency"]  # tau 5 vs ~2
     assert report["engine_efficiency"] == pytest.approx(report["decode_speedup"] / report["speedup_limit"])
 
 

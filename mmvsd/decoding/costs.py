@@ -27,7 +27,7 @@ from mmvsd.decoding.drafting import make_pairs
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # tree tokens (root included) whose verification is timed
 CONTEXT_STEPS = (0, 128, 256)  # context lengths timed: the prompt's, then this much longer
-REPEATS, POINT_BUDGET = 7, 0.2  # timings per point (the median is kept), fewer when a point takes > 0.2 s
+REPEATS, POINT_BUDGET = 7, 0.2  # timings per point (the median is kept), fewer once they add up to 0.2 s
 FORMAT = 2  # of the cached file
 
 
@@ -170,7 +170,7 @@ def _verify_once(target, token: int, n: int) -> None:
 def _median(run) -> float:
     run()  # warm: first calls of a shape pay one-off costs
     times: list[float] = []
-    while len(times) < REPEATS and (len(times) < 3 or sum(times) < POINT_BUDGET):
+    while len(times) < REPEATS and (not times or sum(times) < POINT_BUDGET):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
