@@ -32,6 +32,7 @@ SMOOTHING = 0.3  # weight of the newest step in the running speed-up estimate
 FIRST_WAIT, LONGEST_WAIT = 4, 256  # plain steps before a tree is tried again, and the most that grows to
 HOPED_SPEEDUP = 2.0  # what a sequence's first tree is expected to win per token, until a tree has paid
 LENGTHS_KEPT = 16  # earlier answers whose lengths predict how long this one goes on
+ROW_REUSE = 16  # positions the context may grow before verification costs are looked up again
 
 
 class AutoTree:
@@ -53,6 +54,7 @@ class AutoTree:
         # a one-word answer would end there (after it, with no known answer as long, trees are drafted).
         self.lengths: deque[int] = deque([2], maxlen=LENGTHS_KEPT)
         self.context = self.levels = 0  # of the step under way
+        self.verify_at = self._verify_row(0)
 
     # ---------------------------------------------------------------- the loop's side
 
@@ -60,6 +62,8 @@ class AutoTree:
         """Draft a tree for the step after `context` cached positions, `emitted` tokens into the
         answer with `budget` more allowed, the drafter not having taken in `pending` pairs?"""
         self.context, self.levels = context, 0
+        if abs(context - self.verify_at[0]) >= ROW_REUSE:  # interpolated once, not at every node of every level
+            self.verify_at = self._verify_row(context)
         if self.wait:
             self.wait -= 1
             return False
@@ -107,12 +111,12 @@ class AutoTree:
         time it and the verification of its best children add, beats the best tree so far."""
         if depth >= self.depth:
             return False
-        gain, seconds, n = self._best(grower)
         p = self._estimates(grower)
+        gain, seconds, n = self._best(grower, p)
         deeper = self.hits[depth + 1] / self.tries[depth + 1]  # chance of going one deeper, once at `depth`
         more = deeper * sum(p[i] for i in frontier)
-        extra = (self.costs.draft_level + self.costs.verify_s(n + 1 + len(frontier), self.context)
-                 - self.costs.verify_s(n + 1, self.context))
+        verify = self.verify_at[1]
+        extra = self.costs.draft_level + verify[min(n + len(frontier), len(verify) - 1)] - verify[n]
         if (gain + more) * seconds <= gain * (seconds + extra):
             return False
         self.levels = depth
@@ -120,7 +124,7 @@ class AutoTree:
 
     def size(self, grower: TreeGrower) -> int:
         """Draft tokens to verify: the n best by score that maximise expected tokens per second."""
-        return self._best(grower)[2]
+        return self._best(grower, self._estimates(grower))[2]
 
     # ---------------------------------------------------------------- estimates
 
@@ -131,9 +135,9 @@ class AutoTree:
         return [1.0] + [min(1.0, math.exp(s) * scale[min(d, self.depth)])
                         for s, d in zip(grower.scores[1:], grower.depths[1:])]
 
-    def _best(self, grower: TreeGrower) -> tuple[float, float, int]:
-        """(expected tokens, seconds, n) of the best tree of the n top-scored nodes drafted so far."""
-        p = self._estimates(grower)
+    def _best(self, grower: TreeGrower, p: list[float]) -> tuple[float, float, int]:
+        """(expected tokens, seconds, n) of the best tree of the n top-scored nodes drafted so far,
+        `p` their acceptance estimates."""
         ranked = sorted(range(1, len(p)), key=lambda i: (-grower.scores[i], i))[: self.total_tokens]
         best = (1.0, self._seconds(0, self.levels), 0)
         tokens = 1.0
@@ -144,6 +148,10 @@ class AutoTree:
                 best = (tokens, seconds, n)
         return best
 
+    def _verify_row(self, context: int) -> tuple[int, list[float]]:
+        """(context, [t_verify(n + 1) for every n a step can verify or consider])."""
+        return context, [self.costs.verify_s(n + 1, context) for n in range(self.total_tokens + self.top_k + 1)]
+
     def _seconds(self, n: int, levels: int) -> float:
-        c = self.costs
-        return c.draft_root + levels * c.draft_level + c.verify_s(n + 1, self.context)
+        c, verify = self.costs, self.verify_at[1]
+        return c.draft_root + levels * c.draft_level + verify[min(n, len(verify) - 1)]

@@ -28,7 +28,7 @@ from mmvsd.decoding.drafting import make_pairs
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # tree tokens (root included) whose verification is timed
 CONTEXT_STEPS = (0, 128, 256)  # context lengths timed: the prompt's, then this much longer
 REPEATS, POINT_BUDGET = 7, 0.2  # timings per point (the median is kept), fewer once they add up to 0.2 s
-FORMAT = 2  # of the cached file
+FORMAT = 3  # of the cached file
 
 
 @dataclass
@@ -131,8 +131,14 @@ def calibrate(target, drafter, prompt, top_k: int, depth: int = 6) -> Costs:
 
     whole = _median(take_prompt)
     pair = prefill.hidden[-1:], torch.tensor([token], device=prefill.hidden.device)
-    root = _median(lambda: drafter.propose(state, *pair, TreeConfig(1, top_k, top_k)))
-    deep = _median(lambda: drafter.propose(state, *pair, TreeConfig(depth, top_k, top_k * depth)))
+
+    def draft(levels: int) -> None:
+        drafter.propose(state, *pair, TreeConfig(levels, top_k, top_k * levels))
+
+    # In a decoding step the drafter and the target take turns, each evicting the other's weights
+    # from the CPU's caches: each timing here follows a turn of the other, as it would there.
+    root = _median(lambda: draft(1), between=lambda: _verify_once(target, token, 8))
+    deep = _median(lambda: draft(depth), between=lambda: _verify_once(target, token, 8))
     contexts, verify, decode = [], [], []
     start = target.cache.get_seq_length()
     for extra in CONTEXT_STEPS:
@@ -140,7 +146,8 @@ def calibrate(target, drafter, prompt, top_k: int, depth: int = 6) -> Costs:
         if grow > 0:
             target.forward(torch.full((grow,), token, device=device), torch.arange(grow))
         contexts.append(target.cache.get_seq_length())
-        verify.append(_increasing([_median(lambda n=n: _verify_once(target, token, n)) for n in SIZES]))
+        verify.append(_increasing([_median(lambda n=n: _verify_once(target, token, n), between=lambda: draft(3))
+                                   for n in SIZES]))
         decode.append(_median(lambda: target.forward(torch.tensor([token], device=device), torch.zeros(1, dtype=torch.long))))
     return Costs(contexts, list(SIZES), verify, decode, root, max(0.0, (deep - root) / (depth - 1)),
                  max(0.0, (whole - root) / max(1, len(pairs[1]) - 1)))
@@ -167,10 +174,13 @@ def _verify_once(target, token: int, n: int) -> None:
     target.commit(n, torch.zeros(1, dtype=torch.long))
 
 
-def _median(run) -> float:
+def _median(run, between=None) -> float:
+    """Median seconds of `run()` (each timing after `between()`, untimed, when given)."""
     run()  # warm: first calls of a shape pay one-off costs
     times: list[float] = []
     while len(times) < REPEATS and (not times or sum(times) < POINT_BUDGET):
+        if between:
+            between()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
