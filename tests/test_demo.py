@@ -102,6 +102,10 @@ def test_the_speculative_answer_equals_the_targets_with_a_tree_per_step(demo, tm
     for record in trace:  # every verification step: its tree, accepted path and bonus token
         assert record["path"][0] == 0 and len(record["tokens"]) == len(record["parents"]) == len(record["depths"])
         assert set(record["path"]) <= set(range(len(record["tokens"]))) and "bonus_text" in record
+    # tree=auto (calibrated at this first request that asks for it): the same answer, and what it chose
+    alone, _, spec, _, _, summary, *_, status = client.predict(
+        *generate_args(blue_image(tmp_path), **SHORT, auto=True), api_name="/generate")
+    assert spec == alone and status == "Done." and "auto drafted trees of" in summary and "steps plainly" in summary
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     *_, status = client.predict(*generate_args(tmp_path / "broken.png", **SHORT), api_name="/generate")
     assert status.startswith("**Cannot run:**") and "not an image file" in status
@@ -361,7 +365,7 @@ def example_truth(index: int):
 
 @pytest.mark.browser
 @pytest.mark.parametrize("demo", [["target=toy-m", "drafter=toy-m-msd", "max_new_tokens=96", "autorun=true",
-                                   "example=4", "prompt=What color is the background?"]], indirect=True)
+                                   "example=4", "prompt=What color is the background?", "tree=narrow"]], indirect=True)
 def test_a_headless_browser_photographs_a_correct_answer_with_its_tree(demo, tmp_path):
     """toy-m answers this example's question right (most of its long descriptions are wrong):
     the README's screenshot shows a true answer, its tree, legend and coloured tokens."""

@@ -84,7 +84,7 @@ class TreeGrower:
         child_logp, child_tokens = logp.float().topk(k, dim=-1)  # [n, k], sorted descending
         if vocab is not None:
             child_tokens = vocab[child_tokens]
-        cumulative = (torch.tensor([self.scores[i] for i in nodes])[:, None] + child_logp).flatten().tolist()
+        cumulative = [self.scores[node] + lp for node, row in zip(nodes, child_logp.tolist()) for lp in row]
         first = len(self.tokens)
         self.tokens += child_tokens.flatten().tolist()
         self.parents += [parent for parent in nodes for _ in range(k)]

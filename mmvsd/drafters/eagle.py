@@ -154,4 +154,4 @@ class EagleDrafter(nn.Module):
     def _logp(self, hidden: torch.Tensor) -> torch.Tensor:
         """Draft log-probabilities [n, V] over the vocabulary, or over the draft vocabulary [n, N]."""
         logits = self.lm_head(hidden) if self.draft_vocab is None else linear(hidden, self.draft_vocab[1])
-        return torch.log_softmax(logits.float(), dim=-1)
+        return torch.log_softmax(logits, dim=-1, dtype=torch.float32)

@@ -5,7 +5,8 @@ speculative decoding loop.
         --tasks mmvsd_vqav2,mmvsd_chartqa,mmvsd_pope --include_path "$(python -m mmvsd.zoo tasks)" --batch_size 1
 
 model_args are the bench's key=value settings, comma-separated (`mmvsd.config.LmmsConfig`: target,
-drafter (absent = the target alone), tree / tree.depth / tree.top_k / tree.total_tokens,
+drafter (absent = the target alone), tree (default auto: one chooser for the whole run) /
+tree.depth / tree.top_k / tree.total_tokens,
 temperature, top_p and top_k (overridden by a task's generation_kwargs), seed, dtype, device, threads),
 parsed and checked like any mmvsd command line before the target loads. Each request's tau,
 acceptance by depth and timings go to lmms-eval's throughput metrics (`avg_tau`,
