@@ -31,15 +31,14 @@ class DraftTree:
     def __post_init__(self) -> None:
         n = len(self.tokens)
         parents = self.parents.tolist()
-        depths = [0] * n
-        ancestors = torch.eye(n, dtype=torch.bool)
+        lines = [[0]]  # node i's ancestors and itself, root first
         for i in range(1, n):
             if not 0 <= parents[i] < i:
                 raise ValueError(f"node {i} has parent {parents[i]}: parents must come before children")
-            depths[i] = depths[parents[i]] + 1
-            ancestors[i] |= ancestors[parents[i]]
-        self.depths = torch.tensor(depths, dtype=torch.long)
-        self.ancestors = ancestors
+            lines.append(lines[parents[i]] + [i])
+        self.depths = torch.tensor([len(line) - 1 for line in lines], dtype=torch.long)
+        self.ancestors = torch.zeros(n, n, dtype=torch.bool)  # one write, not one torch op per node
+        self.ancestors[[i for i, line in enumerate(lines) for _ in line], [j for line in lines for j in line]] = True
         self._children: list[list[int]] = [[] for _ in range(n)]
         for i in range(1, n):
             self._children[parents[i]].append(i)

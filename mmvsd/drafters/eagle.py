@@ -10,6 +10,7 @@ the drafter feeds on its own predicted features.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmvsd.decoding.drafting import TreeShape, make_pairs
@@ -114,13 +115,14 @@ class EagleDrafter(nn.Module):
         grower = TreeGrower(int(tokens[-1]), tree.top_k, self.stop_tokens)
         vocab = self.draft_vocab[0] if self.draft_vocab else None
         frontier = grower.expand([0], self._logp(root_hidden[None]), vocab)
-        hidden = {0: root_hidden}  # drafter output of every processed node, read by its children
-        sees = {0: torch.zeros(0, dtype=torch.bool, device=root_hidden.device)}  # processed node -> the
-        #                                     scratch rows of the cache it attends to: its ancestors and itself
+        # The last level processed: its nodes' row, drafter outputs [k, H] and the scratch rows of
+        # the cache each attends to [k, R] (its ancestors and itself): the next level's parents.
+        rows, out, sees = {0: 0}, root_hidden[None], root_hidden.new_zeros(1, 0, dtype=torch.bool)
         depth = 1
         while frontier and tree.grows(grower, frontier, depth):  # an empty frontier: every candidate ends the answer
-            out = self._forward_level(state, grower, frontier, depth, hidden, sees)  # [k, H]
-            hidden.update(zip(frontier, out))
+            parents = torch.tensor([rows[grower.parents[i]] for i in frontier], device=out.device)
+            out, sees = self._forward_level(state, grower, frontier, depth, out[parents], sees[parents])  # [k, H]
+            rows = {node: row for row, node in enumerate(frontier)}
             frontier = grower.expand(frontier, self._logp(out), vocab)
             depth += 1
         state.cache.truncate(state.stable)
@@ -136,20 +138,18 @@ class EagleDrafter(nn.Module):
         state.position = int(positions[-1])
         return out[0, -1]
 
-    def _forward_level(self, state: DraftState, grower: TreeGrower, nodes: list[int], depth: int, hidden: dict,
-                       sees: dict) -> torch.Tensor:
-        """One drafter pass over a tree level, all its `nodes` at `depth` (their parents: the level
-        before, the last rows of the cache): each node sees the context, its ancestors and itself."""
-        device = self.fc.weight.device
-        parents = [grower.parents[i] for i in nodes]
-        stable, k = state.stable, len(nodes)
-        own = torch.cat([torch.stack([sees[p] for p in parents]), torch.eye(k, dtype=torch.bool, device=device)], 1)
-        allowed = torch.cat([torch.ones(k, stable, dtype=torch.bool, device=device), own], dim=1)  # [k, S + k]
-        sees.update(zip(nodes, own))
+    def _forward_level(self, state: DraftState, grower: TreeGrower, nodes: list[int], depth: int,
+                       parent_out: torch.Tensor, parent_sees: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One drafter pass over a tree level, all its `nodes` at `depth`, from their parents'
+        outputs [k, H] and scratch rows [k, R] (the level before: the last rows of the cache). Each
+        node sees the context, its ancestors and itself; returns its outputs [k, H] and rows [k, R + k]."""
+        k, device = len(nodes), parent_out.device
+        sees = torch.cat([parent_sees, torch.eye(k, dtype=torch.bool, device=device)], dim=1)
+        allowed = F.pad(sees, (state.stable, 0), value=True)  # [k, S + R + k]: the whole context, then the scratch
         tokens = torch.tensor([grower.tokens[i] for i in nodes], device=device)
         positions = torch.full((1, k), state.position + depth, device=device)
-        x = self.fuse(state, torch.stack([hidden[p] for p in parents]), tokens)
-        return self.layer(x[None], positions, allowed[None, None], state.cache)[0]
+        x = self.fuse(state, parent_out, tokens)
+        return self.layer(x[None], positions, allowed[None, None], state.cache)[0], sees
 
     def _logp(self, hidden: torch.Tensor) -> torch.Tensor:
         """Draft log-probabilities [n, V] over the vocabulary, or over the draft vocabulary [n, N]."""
