@@ -327,7 +327,7 @@ def generate(target, drafters: dict, choosers: dict, image_path, prompt, tempera
     alone, alone_s = yield from stream_alone(target, prompt_ids, cfg)
     chooser = None
     if cfg.tree.auto:
-        key = (drafter_name, cfg.tree)
+        key = (drafter_name, astuple(cfg.tree))
         if key not in choosers:
             yield view(**alone, status="tree=auto: measuring this drafter's costs (once)...")
             calibration = (tree_chooser(target, drafter, prompt_ids, cfg.tree) for _ in range(1))  # runs where decoding runs
