@@ -74,3 +74,16 @@ def toy_home(tmp_path_factory, sizes: dict[str, int]):
     build_datasets(folder, seed=0, image_size=128, sizes=sizes)
     (folder / "done").write_text("ok\n")
     return home
+
+
+def eval_script(name: str):
+    """eval/NAME.py imported as a module (the eval scripts are not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "eval" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

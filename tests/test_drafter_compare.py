@@ -1,35 +1,27 @@
 """eval/drafter_compare.py: which words count as image words, which tokens came from the draft,
 and (slow) the whole comparison at a tiny size on toy-s."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import eval_script
 
 from mmvsd.decoding.speculative import Step
 
 SCRIPT = Path(__file__).resolve().parents[1] / "eval" / "drafter_compare.py"
 
 
-def compare_module():
-    spec = importlib.util.spec_from_file_location("drafter_compare", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_image_words_are_what_only_the_image_tells():
-    words = compare_module().image_words()
+    words = eval_script("drafter_compare").image_words()
     assert {"red", "circle", "circles", "three", "7", "large", "left", "beige", "light", "Tue".lower(), "yes"} <= words
     assert not {"the", "is", "shape", "shapes", "image", "chart", "value", "background", ".", ""} & words
 
 
 def test_drafted_tokens_flag_the_accepted_path_and_not_the_bonus():
-    drafted_tokens = compare_module().drafted_tokens
+    drafted_tokens = eval_script("drafter_compare").drafted_tokens
     tree = object()  # only a verification step's presence of a tree matters here
     steps = [Step([1], 0.0),  # the prefill's token: not a verification step, left out
              Step([5, 6, 7], 0.0, tree, [0, 3, 4]),  # two accepted draft tokens, then the bonus

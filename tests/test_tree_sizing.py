@@ -1,26 +1,19 @@
 """eval/tree_sizing.py, the harness behind the README's tree=auto table: a row on tiny-random is
 merged into results.json by its key and reported, and bad settings are refused in one line."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from conftest import eval_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "eval" / "tree_sizing.py"
-
-
-def sizing_module():
-    spec = importlib.util.spec_from_file_location("tree_sizing", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_row_is_measured_merged_by_its_key_and_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("MMVSD_HOME", str(tmp_path / "home"))  # its own calibration
-    sizing = sizing_module()
+    sizing = eval_script("tree_sizing")
     (tmp_path / "results.json").write_text(json.dumps([
         {"target": "toy-m", "target_layers": 0, "vision_layers": 0, "drafter": "toy-m-msd", "n": 1,
          "max_new_tokens": 8, "sets": {"descriptions": {"auto": {"speedup": 1.5, "tau": 5.0, "tree_tokens": 9.0,

@@ -116,7 +116,17 @@ def load_costs(target, drafter, prompt, top_k: int, home: Path | None = None, lo
 def calibrate(target, drafter, prompt, top_k: int, depth: int = 6) -> Costs:
     """Time the pieces of a speculative step on `prompt`'s context and on longer ones. Token values
     do not change the cost, so the tokens timed are arbitrary ones."""
+    from tqdm import tqdm
+
     from mmvsd.config import TreeConfig
+
+    bar = tqdm(total=3 + len(CONTEXT_STEPS) * (len(SIZES) + 1), desc="tree=auto calibration", unit="timing",
+               leave=False, file=sys.stderr)
+
+    def timed(run, between=None) -> float:
+        seconds = _median(run, between)
+        bar.update()
+        return seconds
 
     device = target.device
     prefill = target.prefill(prompt)
@@ -129,7 +139,7 @@ def calibrate(target, drafter, prompt, top_k: int, depth: int = 6) -> Costs:
         state = drafter.begin(prompt.input_ids, prefill)
         drafter.propose(state, *pairs, TreeConfig(1, top_k, top_k))
 
-    whole = _median(take_prompt)
+    whole = timed(take_prompt)
     pair = prefill.hidden[-1:], torch.tensor([token], device=prefill.hidden.device)
 
     def draft(levels: int) -> None:
@@ -137,8 +147,8 @@ def calibrate(target, drafter, prompt, top_k: int, depth: int = 6) -> Costs:
 
     # In a decoding step the drafter and the target take turns, each evicting the other's weights
     # from the CPU's caches: each timing here follows a turn of the other, as it would there.
-    root = _median(lambda: draft(1), between=lambda: _verify_once(target, token, 8))
-    deep = _median(lambda: draft(depth), between=lambda: _verify_once(target, token, 8))
+    root = timed(lambda: draft(1), between=lambda: _verify_once(target, token, 8))
+    deep = timed(lambda: draft(depth), between=lambda: _verify_once(target, token, 8))
     contexts, verify, decode = [], [], []
     start = target.cache.get_seq_length()
     for extra in CONTEXT_STEPS:
@@ -146,9 +156,10 @@ def calibrate(target, drafter, prompt, top_k: int, depth: int = 6) -> Costs:
         if grow > 0:
             target.forward(torch.full((grow,), token, device=device), torch.arange(grow))
         contexts.append(target.cache.get_seq_length())
-        verify.append(_increasing([_median(lambda n=n: _verify_once(target, token, n), between=lambda: draft(3))
+        verify.append(_increasing([timed(lambda n=n: _verify_once(target, token, n), between=lambda: draft(3))
                                    for n in SIZES]))
-        decode.append(_median(lambda: target.forward(torch.tensor([token], device=device), torch.zeros(1, dtype=torch.long))))
+        decode.append(timed(lambda: target.forward(torch.tensor([token], device=device), torch.zeros(1, dtype=torch.long))))
+    bar.close()
     return Costs(contexts, list(SIZES), verify, decode, root, max(0.0, (deep - root) / (depth - 1)),
                  max(0.0, (whole - root) / max(1, len(pairs[1]) - 1)))
 
