@@ -107,3 +107,24 @@ def test_tasks_without_their_data_are_refused_in_one_line(tmp_path, monkeypatch)
         check_task_data(["mmvsd_pope_hub"], TEMPLATES)
     (tmp_path / "hub" / "datasets--lmms-lab-encoder--POPE").mkdir(parents=True)
     check_task_data(["mmvsd_pope_hub"], TEMPLATES)  # in the cache: lmms-eval may go on
+
+
+@pytest.mark.parametrize("argv, shape", [([], "tree auto (at most 10 deep, 64 tokens)."), (["tree=short"], "tree 6/2/10.")])
+def test_mmvsd_eval_passes_a_tree_only_when_one_is_named_and_reports_it(argv, shape, monkeypatch, tmp_path):
+    """`mmvsd eval` leaves the plugin's own default (auto) alone unless a tree is named, then hands
+    over every field; the report's first line names the tree."""
+    from mmvsd import cli
+    from mmvsd.lmms import report
+
+    calls = []
+    monkeypatch.setattr(report, "evaluate", lambda cfg, name, model_args, tasks: calls.append(model_args) or {})
+    monkeypatch.setattr(report, "summarize", lambda cfg, alone, runs: summary)
+    summary = {"target": "toy-s", "tasks": ["mmvsd_pope"], "n": {"mmvsd_pope": 2}, "alone": {"mmvsd_pope": 0.5},
+               "drafters": {"eagle": {"scores": {"mmvsd_pope": 0.5}, "identical": True, "speedup": 1.1, "tau": 2.0,
+                                      "acceptance_by_depth": [0.5, 0.2]}}}
+    cfg = cli.parse(report.RunConfig, ["drafters=eagle", "tasks=mmvsd_pope_hub", f"out={tmp_path}", *argv])
+    report.main(cfg)
+    assert calls[0] == "target=toy-m"
+    assert calls[1] == ("target=toy-m,drafter=eagle" if not argv else
+                        "target=toy-m,drafter=eagle,tree.depth=6,tree.top_k=2,tree.total_tokens=10,tree.auto=False")
+    assert (tmp_path / "report.md").read_text().splitlines()[0].endswith(shape)

@@ -88,9 +88,10 @@ def summarize(cfg: RunConfig, alone: dict, runs: dict[str, dict]) -> dict:
 
 def report_markdown(cfg: RunConfig, s: dict) -> str:
     names = list(s["drafters"])
+    tree = (f"tree auto (at most {cfg.tree.depth} deep, {cfg.tree.total_tokens} tokens)" if cfg.tree.auto
+            else f"tree {cfg.tree.depth}/{cfg.tree.top_k}/{cfg.tree.total_tokens}")
     lines = [f"lmms-eval on {s['target']} ({', '.join(f'{t}: {n} docs' for t, n in s['n'].items())}), greedy; "
-             (f"tree auto (at most {cfg.tree.depth} deep, {cfg.tree.total_tokens} tokens)." if cfg.tree.auto else
-              f"tree {cfg.tree.depth}/{cfg.tree.top_k}/{cfg.tree.total_tokens}."), "",
+             f"{tree}.", "",
              "| task (metric) | target alone | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for task in s["tasks"]:
         cells = []
