@@ -113,13 +113,11 @@ def measure(cfg: SizingConfig) -> dict:
 
 
 def summarize(steps: list, seconds: float, base_tps: float) -> dict:
-    verified = metrics.verify_steps(steps)
-    decoding = [s for s in steps if s.phases and "prefill" not in s.phases]
+    shape = metrics.trees(steps)
     tokens = sum(len(s.tokens) for s in steps)
     return {"speedup": tokens / seconds / base_tps, "tau": metrics.tau(steps),
-            "tree_tokens": sum(len(s.tree) - 1 for s in verified) / max(1, len(verified)),
-            "tree_depth": sum(int(s.tree.depths.max()) for s in verified) / max(1, len(verified)),
-            "plain_share": (len(decoding) - len(verified)) / max(1, len(decoding))}
+            "tree_tokens": max(0.0, shape["tree_nodes"] - 1), "tree_depth": shape["tree_depth"],
+            "plain_share": shape["plain_steps"] / max(1, shape["steps"])}
 
 
 def report_markdown(rows: list[dict]) -> str:

@@ -311,10 +311,7 @@ def summarize(cfg: BenchConfig, results: list[Result], errors: list[dict]) -> di
         "draft_step_ms": phases["draft"],
         "step_ms": phases,
         **metrics.engine_efficiency([r.baseline for r in results], [r.speculative for r in results]),
-        "tree_nodes": sum(len(s.tree) for s in spec_steps) / max(1, len(spec_steps)),
-        "tree_depth": sum(int(s.tree.depths.max()) for s in spec_steps) / max(1, len(spec_steps)),
-        "plain_steps": sum(len(r.speculative) - 1 for r in results) - len(spec_steps),  # tree=auto: no tree paid
-        "steps": sum(len(r.speculative) - 1 for r in results),
+        **metrics.trees(s for r in results for s in r.speculative),
         "per_input": [r.to_dict() for r in results],
         "config": asdict(cfg),
     }

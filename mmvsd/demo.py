@@ -354,10 +354,9 @@ def generate(target, drafters: dict, choosers: dict, image_path, prompt, tempera
             shown_at = time.perf_counter()
             yield spec_view(spec_stats=f"{len(spec_tokens) / spec_s:.0f} tokens/s", trace=gr.update(),
                             status="Speculative: generating...")
-    plain = len(steps) - 1 - len(trace)  # tree=auto: steps where no tree paid
-    sizes = (f"; auto drafted trees of {sum(len(r['tokens']) - 1 for r in trace) / max(1, len(trace)):.1f} tokens, "
-             f"{sum(max(r['depths']) for r in trace) / max(1, len(trace)):.1f} deep on average, and decoded "
-             f"{plain} steps plainly" if cfg.tree.auto else "")
+    shape = metrics.trees(steps)
+    sizes = (f"; auto drafted trees of {max(0.0, shape['tree_nodes'] - 1):.1f} tokens, {shape['tree_depth']:.1f} deep "
+             f"on average, and decoded {shape['plain_steps']} steps plainly" if cfg.tree.auto else "")
     summary = (f"**speed-up {alone_s / spec_s:.2f}x**, tau {metrics.tau(steps):.2f} tokens per target forward "
                f"(incl. bonus), {len(steps) - 1} target forwards for {len(spec_tokens)} tokens{sizes}; outputs "
                + ("identical" if alone["alone_text"] == target.decode(spec_tokens) else "differ (sampled)"))

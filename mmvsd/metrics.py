@@ -32,6 +32,19 @@ def acceptance_by_depth(steps: Iterable[Step], depth: int) -> list[float]:
     return [sum(s.accepted >= d for s in verified) / len(verified) for d in range(1, depth + 1)]
 
 
+def trees(steps: Iterable[Step]) -> dict[str, float]:
+    """The trees speculative runs verified (their steps, prefill steps included): mean tokens per
+    tree (root included) and mean depth (0 with none), and how many decoding steps verified no tree
+    (`plain_steps`: tree=auto decoding plainly) of all decoding steps."""
+    steps = list(steps)
+    verified = verify_steps(steps)
+    decoding = [s for s in steps if "prefill" not in s.phases]
+    n = max(1, len(verified))
+    return {"tree_nodes": sum(len(s.tree) for s in verified) / n,
+            "tree_depth": sum(int(s.tree.depths.max()) for s in verified) / n,
+            "plain_steps": len(decoding) - len(verified), "steps": len(decoding)}
+
+
 def tokens_per_second(n_tokens: int, seconds: float) -> float:
     return n_tokens / seconds if seconds > 0 else float("nan")
 

@@ -10,6 +10,7 @@ scoring the root's children) and its cost per further level, and one plain decod
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -123,12 +124,14 @@ def calibrate(target, drafter, prompt, top_k: int, depth: int = 6) -> Costs:
     bar = tqdm(total=3 + len(CONTEXT_STEPS) * (len(SIZES) + 1), desc="tree=auto calibration", unit="timing",
                leave=False, file=sys.stderr)
 
+    device = target.device
+    wait = device_wait(device)
+
     def timed(run, between=None) -> float:
-        seconds = _median(run, between)
+        seconds = _median(run, wait, between)
         bar.update()
         return seconds
 
-    device = target.device
     prefill = target.prefill(prompt)
     token = int(prefill.logits.argmax())
     pairs = make_pairs(prefill.hidden, torch.cat([prompt.input_ids, prompt.input_ids.new_tensor([token])]))
@@ -185,18 +188,23 @@ def _verify_once(target, token: int, n: int) -> None:
     target.commit(n, torch.zeros(1, dtype=torch.long))
 
 
-def _median(run, between=None) -> float:
-    """Median seconds of `run()` (each timing after `between()`, untimed, when given)."""
+def device_wait(device: torch.device):
+    """A call that waits for `device`'s queued work (a GPU's kernels run after their launch), so a
+    timing owns the kernels it launched; nothing to wait for on a CPU."""
+    return functools.partial(torch.cuda.synchronize, device) if device.type == "cuda" else lambda: None
+
+
+def _median(run, wait, between=None) -> float:
+    """Median seconds of `run()` (each timing after `between()`, untimed, when given; `wait()` for
+    the target's device at both ends, so a GPU's queued kernels count where they were launched)."""
     run()  # warm: first calls of a shape pay one-off costs
     times: list[float] = []
     while len(times) < REPEATS and (not times or sum(times) < POINT_BUDGET):
         if between:
             between()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        wait()
         start = time.perf_counter()
         run()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        wait()
         times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -8,7 +8,6 @@ autoregressive_generate: the target alone, one token per forward, through the sa
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import torch
 
 from mmvsd.config import DecodeConfig, TreeConfig, is_greedy
 from mmvsd.decoding.auto import AutoTree
-from mmvsd.decoding.costs import load_costs
+from mmvsd.decoding.costs import device_wait, load_costs
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, sample, verify_greedy, verify_stochastic
 from mmvsd.decoding.drafting import Drafter, make_pairs
@@ -49,13 +48,12 @@ class _Clock:
     the kernels it launched (otherwise the first phase that reads a result pays for them all)."""
 
     def __init__(self, device: torch.device):
-        self.wait = functools.partial(torch.cuda.synchronize, device) if device.type == "cuda" else None
+        self.wait = device_wait(device)
         self.start = self.last = time.perf_counter()
         self.phases: dict[str, float] = {}
 
     def lap(self, phase: str) -> None:
-        if self.wait:
-            self.wait()
+        self.wait()
         now = time.perf_counter()
         self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
         self.last = now
