@@ -52,3 +52,18 @@ class Drafter(Protocol):
 
     def propose(self, state: Any, features: torch.Tensor, tokens: torch.Tensor, tree: TreeShape) -> DraftTree:
         """Take in the new pairs, features [n, H] and tokens [n]; return a tree rooted at tokens[-1]."""
+
+    # Batches (`mmvsd.decoding.batch`): the sequences' states live in one batch state, row by row.
+
+    def new_batch(self) -> Any:
+        """An empty batch."""
+
+    def join(self, batch: Any, state: Any, features: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Add a sequence as the last row: `state` from `begin`, after taking in its first pairs."""
+
+    def leave(self, batch: Any, rows: list[int]) -> None:
+        """Keep only rows `rows`, in that order."""
+
+    def propose_batch(self, batch: Any, features: list[torch.Tensor], tokens: list[torch.Tensor],
+                      tree: TreeShape) -> list[DraftTree]:
+        """`propose` for every row: new pairs [n_b, H], [n_b] per row -> one tree per row."""

@@ -21,6 +21,7 @@ from mmvsd.decoding.drafting import Drafter
 
 if TYPE_CHECKING:
     from mmvsd.drafters.layers import KVCache
+    from mmvsd.models.kv_cache import RowsLayer
 
 DRAFTERS: dict[str, type] = {}  # kind -> class, filled by @register_drafter
 
@@ -51,6 +52,18 @@ class DraftState:
     image: tuple[torch.Tensor, torch.Tensor] | None = None  # the prompt's image marks [n] and embeddings [n_img, H],
     #                                                         read once by the first `embed_pairs`
     image_feature: torch.Tensor | None = None  # ViSpec's global image feature g, once an image was read
+
+
+@dataclass
+class DraftRows:
+    """Where drafting a batch of sequences stands (`EagleDrafter.propose_batch`): one cache row
+    per sequence, each row's `stable` and `position` as in `DraftState`, and ViSpec's g per row
+    [B, 1, H] (None for drafters without one). Rows join after reading their prompt alone."""
+
+    cache: RowsLayer
+    stable: list[int] = field(default_factory=list)
+    position: list[int] = field(default_factory=list)
+    image_feature: torch.Tensor | None = None
 
 
 @dataclass

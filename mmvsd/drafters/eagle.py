@@ -15,8 +15,9 @@ from torch import nn
 
 from mmvsd.decoding.drafting import TreeShape, make_pairs
 from mmvsd.decoding.tree import DraftTree, TreeGrower
-from mmvsd.drafters.base import DrafterSpec, DraftState, Rollout, pair_position, register_drafter
+from mmvsd.drafters.base import DrafterSpec, DraftRows, DraftState, Rollout, pair_position, register_drafter
 from mmvsd.drafters.layers import DecoderLayer, KVCache
+from mmvsd.models.kv_cache import RowsLayer
 from mmvsd.models.llava import PrefillOutput
 from mmvsd.models.skinny import linear
 
@@ -150,6 +151,97 @@ class EagleDrafter(nn.Module):
         positions = torch.full((1, k), state.position + depth, device=device)
         x = self.fuse(state, parent_out, tokens)
         return self.layer(x[None], positions, allowed[None, None], state.cache)[0], sees
+
+    # ---------------------------------------------------------------- batched decoding
+
+    def new_batch(self) -> DraftRows:
+        return DraftRows(RowsLayer(256))
+
+    @torch.inference_mode()
+    def join(self, batch: DraftRows, state: DraftState, features: torch.Tensor, tokens: torch.Tensor) -> None:
+        """A new last row: `state` (from `begin`) reads its pairs [n, H], [n] alone (the prompt's, where
+        MSD and ViSpec read the image), then its cache moves into the batch's."""
+        self._catch_up(state, *self.embed_pairs(state, features, tokens))
+        batch.cache.add(state.cache.keys[:, :, :state.stable], state.cache.values[:, :, :state.stable])
+        batch.stable.append(state.stable)
+        batch.position.append(state.position)
+        if state.image_feature is not None:
+            g = state.image_feature.reshape(1, 1, -1)
+            batch.image_feature = g if batch.image_feature is None else torch.cat([batch.image_feature, g])
+
+    def leave(self, batch: DraftRows, rows: list[int]) -> None:
+        """Keep only rows `rows` (in order)."""
+        batch.cache.select(rows)
+        batch.stable = [batch.stable[r] for r in rows]
+        batch.position = [batch.position[r] for r in rows]
+        if batch.image_feature is not None:
+            batch.image_feature = batch.image_feature[rows]
+
+    @torch.inference_mode()
+    def propose_batch(self, batch: DraftRows, features: list[torch.Tensor], tokens: list[torch.Tensor],
+                      tree: TreeShape) -> list[DraftTree]:
+        """`propose` for every row at once: one drafter pass takes in all rows' new pairs (features
+        [n_b, H], tokens [n_b]), then one pass per tree level drafts every row's level, `top_k`
+        nodes per row (a row with fewer open nodes fills its slots with copies, whose outputs are
+        dropped). Row b's tree is rooted at tokens[b][-1]."""
+        b = len(tokens)
+        counts = torch.tensor([len(t) for t in tokens])
+        x = self.fuse(batch, nn.utils.rnn.pad_sequence(features, batch_first=True),
+                      nn.utils.rnn.pad_sequence(tokens, batch_first=True))  # [B, n, H]
+        device, n = x.device, x.shape[1]
+        step = torch.arange(n, device=device)
+        positions = torch.tensor(batch.position, device=device)[:, None] + 1 + step  # [B, n]
+        stable = torch.tensor(batch.stable, device=device)[:, None]  # [B, 1]
+        keys = torch.arange(max(batch.stable) + n, device=device)
+        allowed = keys[None, None] <= (stable + step)[..., None]  # [B, n, K]: the context, then causal
+        out = self.layer(x, positions, allowed[:, None], batch.cache)
+        root_hidden = out[torch.arange(b), counts.to(device) - 1]  # [B, H]
+        batch.stable = [s + int(c) for s, c in zip(batch.stable, counts)]
+        batch.position = [p + int(c) for p, c in zip(batch.position, counts)]
+        batch.cache.truncate(batch.stable)
+
+        growers = [TreeGrower(int(t[-1]), tree.top_k, self.stop_tokens) for t in tokens]
+        vocab = self.draft_vocab[0] if self.draft_vocab else None
+        logp = self._logp(root_hidden)
+        frontiers = [grower.expand([0], logp[i:i + 1], vocab) for i, grower in enumerate(growers)]
+        stable = torch.tensor(batch.stable, device=device)[:, None]
+        base = torch.tensor(batch.position, device=device)[:, None]
+        rows = [{0: 0} for _ in growers]  # node -> its slot in the last level
+        out, sees = root_hidden[:, None], torch.zeros(b, 1, 0, dtype=torch.bool, device=device)
+        k, depth = tree.top_k, 1
+        while True:
+            frontiers = [f if f and tree.grows(g, f, depth) else [] for g, f in zip(growers, frontiers)]
+            if not any(frontiers):
+                break
+            slots = [f + f[:1] * (k - len(f)) if f else [0] * k for f in frontiers]  # [B][k] nodes, padded
+            parents = torch.tensor([[rows[i].get(growers[i].parents[node], 0) for node in nodes]
+                                    for i, nodes in enumerate(slots)], device=device)  # [B, k]
+            node_tokens = torch.tensor([[growers[i].tokens[node] for node in nodes] for i, nodes in enumerate(slots)],
+                                       device=device)
+            out, sees = self._forward_rows(batch, out, sees, parents, node_tokens, stable, base + depth)
+            logp = self._logp(out)  # [B, k, V]
+            rows = [{node: slot for slot, node in enumerate(f)} for f in frontiers]
+            frontiers = [grower.expand(f, logp[i, :len(f)], vocab) if f else []
+                         for i, (grower, f) in enumerate(zip(growers, frontiers))]
+            depth += 1
+        batch.cache.truncate(batch.stable)
+        return [grower.tree(tree.size(grower)) for grower in growers]
+
+    def _forward_rows(self, batch: DraftRows, parent_out: torch.Tensor, parent_sees: torch.Tensor,
+                      parents: torch.Tensor, tokens: torch.Tensor, stable: torch.Tensor, positions: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One drafter pass over a level of every row: nodes tokens [B, k] whose parents are slots
+        `parents` [B, k] of the level before (outputs [B, k', H], scratch rows seen [B, k', R]).
+        Row b's scratch starts at its own `stable` [B, 1]; returns outputs [B, k, H] and [B, k, R + k]."""
+        b, k = tokens.shape
+        scratch = parent_sees.shape[2]
+        sees = torch.cat([parent_sees.gather(1, parents[..., None].expand(b, k, scratch)),
+                          torch.eye(k, dtype=torch.bool, device=tokens.device).expand(b, k, k)], dim=2)
+        relative = torch.arange(int(stable.max()) + scratch + k, device=tokens.device)[None] - stable  # [B, K]
+        seen = sees.gather(2, relative.clamp(0, scratch + k - 1)[:, None].expand(b, k, -1))
+        allowed = (relative < 0)[:, None] | (seen & (relative < scratch + k)[:, None])  # [B, k, K]
+        x = self.fuse(batch, parent_out.gather(1, parents[..., None].expand(b, k, parent_out.shape[2])), tokens)
+        return self.layer(x, positions.expand(b, k), allowed[:, None], batch.cache), sees
 
     def _logp(self, hidden: torch.Tensor) -> torch.Tensor:
         """Draft log-probabilities [n, V] over the vocabulary, or over the draft vocabulary [n, N]."""

@@ -15,6 +15,8 @@ model code drives it through the same calls as its own layers (`update`, `get_se
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -85,3 +87,109 @@ def keep_positions(cache: Cache, start: int, rows: torch.Tensor) -> None:
     """Keep positions `rows` of every layer at start, start + 1, ... (see `PreallocatedLayer.keep`)."""
     for layer in cache.layers:
         layer.keep(start, rows)
+
+
+class RowsLayer(PreallocatedLayer):
+    """One layer's keys and values for a batch of sequences, each of its own length (`lengths`).
+
+    Row b's positions live at [0, lengths[b]) of its row; a forward writes each row's new
+    positions right after its own, and returns all rows up to the longest: the caller's attention
+    mask hides what lies past a row's own end (other rows' longer contexts, stale scratch). The
+    drafter uses it as its batched cache too (`append`, `truncate`), with no mask sizes asked.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__(capacity)
+        self.lengths: list[int] = []
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = key_states.shape[-2]
+        if len(set(self.lengths)) == 1:  # rows level with each other: one slice, as at batch size 1
+            self.length = self.lengths[0]
+            keys, values = super().update(key_states, value_states)
+        else:
+            end = max(self.lengths) + n
+            if end > self.capacity:
+                self._grow(end)
+            rows, index = _write_index(tuple(self.lengths), n, key_states.device)  # [B, 1], [B, n]
+            self.keys[rows, :, index] = key_states.transpose(1, 2)  # [B, n, heads, hd] into each row's own slots
+            self.values[rows, :, index] = value_states.transpose(1, 2)
+            keys, values = self.keys[:, :, :end], self.values[:, :, :end]
+        self.lengths = [length + n for length in self.lengths]
+        self.length = max(self.lengths)
+        return keys, values
+
+    append = update  # the drafter's layer calls its cache's `append`
+
+    def truncate(self, lengths: list[int]) -> None:
+        """Drop every row's positions past its new length (the drafter's scratch)."""
+        self.lengths = list(lengths)
+        self.length = max(lengths, default=0)
+
+    def keep_rows(self, rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, lengths: list[int]) -> None:
+        """Move positions src [B, P] of each row to dst [B, P] (see `keep_paths`)."""
+        self.keys[rows, :, dst] = self.keys[rows, :, src]  # the right side is gathered (copied) first
+        self.values[rows, :, dst] = self.values[rows, :, src]
+        self.truncate(lengths)
+
+    def add(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """A new last row holding keys and values [1, heads, n, hd]."""
+        n = keys.shape[2]
+        if not self.is_initialized:
+            self.capacity = max(self.capacity, n)
+            self.lazy_initialization(keys[:0], values[:0])  # no rows yet
+        elif n > self.capacity:
+            self._grow(n)
+        self.length = max(self.lengths + [n])
+        row_keys, row_values = (t.new_zeros(1, *t.shape[1:]) for t in (self.keys, self.values))
+        row_keys[:, :, :n], row_values[:, :, :n] = keys, values
+        self.keys, self.values = torch.cat([self.keys, row_keys]), torch.cat([self.values, row_values])
+        self.lengths.append(n)
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only batch rows `rows` (finished sequences leave)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.keys.device)
+        self.keys, self.values = self.keys[index], self.values[index]
+        self.truncate([self.lengths[r] for r in rows])
+
+    def get_seq_length(self) -> int:
+        return max(self.lengths, default=0)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+
+def rows_cache(num_layers: int, capacity: int) -> Cache:
+    """An empty batch cache: rows join with `add_row`."""
+    return Cache(layers=[RowsLayer(capacity) for _ in range(num_layers)])
+
+
+def add_row(cache: Cache, row: Cache) -> None:
+    """Append a batch-1 cache's live positions as the last row of `cache`."""
+    for layer, one in zip(cache.layers, row.layers):
+        layer.add(one.keys[:, :, :one.length], one.values[:, :, :one.length])
+
+
+def keep_paths(layers: list[RowsLayer], starts: list[int], paths: list[list[int]]) -> None:
+    """Row b keeps its positions starts[b] + paths[b] (ascending, relative to starts[b]) at
+    starts[b], starts[b] + 1, ... and drops every later one: each row's accepted path becomes its
+    context. Rows keep paths of different lengths: the shorter ones are padded by repeating their
+    last move, which writes the same value twice."""
+    width = max(len(path) for path in paths)
+    src = [[start + i for i in path] + [start + path[-1]] * (width - len(path)) for start, path in zip(starts, paths)]
+    dst = [list(range(start, start + len(path))) + [start + len(path) - 1] * (width - len(path))
+           for start, path in zip(starts, paths)]
+    device = layers[0].keys.device
+    rows = torch.arange(len(paths), device=device)[:, None]
+    src, dst = torch.tensor(src, device=device), torch.tensor(dst, device=device)
+    lengths = [start + len(path) for start, path in zip(starts, paths)]
+    for layer in layers:
+        layer.keep_rows(rows, src, dst, lengths)
+
+
+@functools.lru_cache(maxsize=16)
+def _write_index(lengths: tuple[int, ...], n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [B, 1] and slots [B, n] where each row's n new positions go (shared by every layer of a forward)."""
+    start = torch.tensor(lengths, dtype=torch.long, device=device)[:, None]
+    return torch.arange(len(lengths), device=device)[:, None], start + torch.arange(n, device=device)

@@ -168,6 +168,15 @@ class LlavaTarget:
         hidden = out.last_hidden_state[0]  # [N, H]
         return self.logits(hidden), hidden
 
+    @torch.inference_mode()
+    def verify_rows(self, cache: Cache, tokens: torch.Tensor, positions: torch.Tensor,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`verify` for a batch of sequences in a `rows_cache`: tokens and positions [B, N], additive
+        mask [B, 1, N, K] -> logits [B, N, V] (fp32) and hidden states [B, N, H]."""
+        out = self.language_model(input_ids=tokens.to(self.device), attention_mask=mask, position_ids=positions,
+                                  past_key_values=cache, use_cache=True)
+        return self.logits(out.last_hidden_state), out.last_hidden_state
+
     @torch.no_grad()
     def path_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
                     prefix_ends: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,157 @@
+"""Batched decoding: B requests at once, each row lossless on its own.
+
+batch_generate keeps up to `batch_size` rows in flight: a request joins by a prefill of its own
+(so rows of different prompt lengths and images need no padding, and its KV moves into the batch
+cache), then every step drafts all rows' trees level by level in one drafter pass per level,
+verifies every row's tree in one target forward (trees padded to the same number of tokens; each
+row at its own positions, with its own tree mask over its own context length), accepts per row,
+and moves each row's accepted KV into place. A finished row leaves at once and the next request
+takes its slot. Without a drafter the same loop is the target alone, batched (trees of the root
+only: one token per row per step).
+
+Row b of a stream samples with its own generator seeded `seed + b`, so its output is that of a
+batch-1 run with that seed (identical for greedy decoding, in float32).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmvsd.config import DecodeConfig, is_greedy
+from mmvsd.decoding.drafting import Drafter, make_pairs
+from mmvsd.decoding.speculative import Step, _Clock, _Output
+from mmvsd.decoding.tree import DraftTree
+from mmvsd.decoding.verify import logits_to_probs, sample, verify_greedy, verify_stochastic
+from mmvsd.models.kv_cache import add_row, keep_paths, rows_cache
+from mmvsd.models.llava import LlavaTarget, Prompt
+
+
+@dataclass
+class BatchStep:
+    """One target forward (a joining request's prefill, or a step over every row in flight)."""
+
+    rows: list[tuple[int, Step]]  # (request index, what that row got), each Step carrying the batch step's time
+    seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Row:
+    request: int
+    output: _Output
+    generator: torch.Generator
+    features: torch.Tensor | None = None  # pairs the drafter has not taken in yet: [n, H] and [n], ending on `last`
+    tokens: torch.Tensor | None = None
+    last: int = 0  # the newest emitted token (not in the cache yet)
+
+
+def batch_generate(target: LlavaTarget, drafter: Drafter | None, prompts: list[Prompt], cfg: DecodeConfig,
+                   batch_size: int) -> Iterator[BatchStep]:
+    """Decode `prompts` with at most `batch_size` in flight, speculatively with `drafter` (a fixed
+    `cfg.tree`) or, with None, the target alone."""
+    queue = deque(enumerate(prompts))
+    tree_tokens = cfg.tree.total_tokens + 1 if drafter else 1
+    cache = rows_cache(target.num_layers, max(len(p.input_ids) for p in prompts) + cfg.max_new_tokens + tree_tokens)
+    drafts = drafter.new_batch() if drafter else None
+    rows: list[_Row] = []
+    while queue or rows:
+        while queue and len(rows) < batch_size:
+            request, prompt = queue.popleft()
+            row, step = _join(target, drafter, cache, drafts, request, prompt, cfg)
+            yield BatchStep([(request, step)], step.seconds, step.phases)
+            if row is not None:
+                rows.append(row)
+        if not rows:
+            continue
+        yield _step(target, drafter, cache, drafts, rows, cfg)
+        staying = [i for i, row in enumerate(rows) if not row.output.done]
+        if len(staying) < len(rows):
+            rows = [rows[i] for i in staying]
+            for layer in cache.layers:
+                layer.select(staying)
+            if drafter:
+                drafter.leave(drafts, staying)
+
+
+def _join(target: LlavaTarget, drafter: Drafter | None, cache, drafts: Any, request: int, prompt: Prompt,
+          cfg: DecodeConfig) -> tuple[_Row | None, Step]:
+    """Prefill one request alone and add it as the batch's last row (None when its answer already ended)."""
+    clock = _Clock(target.device)
+    row = _Row(request, _Output(target, cfg), torch.Generator().manual_seed(cfg.seed + request))
+    prefill = target.prefill(prompt)  # logits [V], hidden [T, H]; KV in target.cache
+    row.last = sample(prefill.logits, cfg, row.generator)
+    tokens = row.output.take([row.last])
+    if not row.output.done:
+        add_row(cache, target.cache)
+        if drafter:
+            state = drafter.begin(prompt.input_ids, prefill)
+            features, ids = make_pairs(prefill.hidden, torch.cat([prompt.input_ids, prompt.input_ids.new_tensor([row.last])]))
+            drafter.join(drafts, state, features[:-1], ids[:-1])  # the prompt's pairs, read alone
+            row.features, row.tokens = features[-1:], ids[-1:]  # the root's pair waits for the first step
+    target.cache = None  # its rows live in the batch cache now
+    clock.lap("prefill")
+    return (None if row.output.done else row), Step(tokens, clock.total, phases=clock.phases)
+
+
+def _step(target: LlavaTarget, drafter: Drafter | None, cache, drafts: Any, rows: list[_Row],
+          cfg: DecodeConfig) -> BatchStep:
+    clock = _Clock(target.device)
+    if drafter:
+        trees = drafter.propose_batch(drafts, [r.features for r in rows], [r.tokens for r in rows], cfg.tree)
+    else:
+        trees = [DraftTree(torch.tensor([r.last]), torch.tensor([-1]), torch.zeros(1)) for r in rows]
+    clock.lap("draft")
+    starts = list(cache.layers[0].lengths)
+    tokens, positions, mask = tree_batch(target, trees, starts)
+    clock.lap("tree")
+    logits, hidden = target.verify_rows(cache, tokens, positions, mask)  # [B, N, V], [B, N, H]
+    clock.lap("verify")
+    accepted = []
+    for b, (row, tree) in enumerate(zip(rows, trees)):
+        if is_greedy(cfg.temperature):
+            accepted.append(verify_greedy(tree, logits[b, :len(tree)]))
+        else:  # the generator lives on the CPU
+            probs = logits_to_probs(logits[b, :len(tree)].cpu(), cfg.temperature, cfg.top_p, cfg.top_k)
+            accepted.append(verify_stochastic(tree, probs, row.generator))
+    clock.lap("accept")
+    keep_paths(cache.layers, starts, [path for path, _ in accepted])
+    clock.lap("commit")
+    emitted = []
+    for b, (row, tree, (path, bonus)) in enumerate(zip(rows, trees, accepted)):
+        kept = tree.tokens[path].tolist() + [bonus]
+        row.features, row.tokens = make_pairs(hidden[b, path], torch.tensor(kept, device=hidden.device))
+        row.last = bonus
+        emitted.append(row.output.take(kept[1:]))  # the root was emitted by the step before
+    clock.lap("other")
+    return BatchStep([(row.request, Step(out, clock.total, tree if drafter else None, path if drafter else None,
+                                         clock.phases))
+                      for row, tree, out, (path, _) in zip(rows, trees, emitted, accepted)],
+                     clock.total, clock.phases)
+
+
+def tree_batch(target: LlavaTarget, trees: list[DraftTree], lengths: list[int]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens [B, N] and positions [B, N] of every row's tree (padded to the largest with nodes
+    that see only the context and themselves, whose outputs are dropped), and the additive mask
+    [B, 1, N, K] over the batch cache, K = the longest row + N: row b's node i sees the row's own
+    `lengths[b]` context positions and its ancestors in the slots right after them."""
+    b, n = len(trees), max(len(tree) for tree in trees)
+    tokens = torch.zeros(b, n, dtype=torch.long)
+    depths = torch.zeros(b, n, dtype=torch.long)
+    ancestors = torch.eye(n, dtype=torch.bool).repeat(b, 1, 1)  # [B, N, N]
+    for i, tree in enumerate(trees):
+        tokens[i, :len(tree)], depths[i, :len(tree)] = tree.tokens, tree.depths
+        ancestors[i, :len(tree), :len(tree)] = tree.ancestors
+    start = torch.tensor(lengths)[:, None]  # [B, 1]
+    relative = torch.arange(max(lengths) + n)[None] - start  # [B, K]: key slot - the row's context length
+    in_tree = ancestors.gather(2, relative.clamp(0, n - 1)[:, None].expand(b, n, -1)) & (relative < n)[:, None]
+    allowed = (relative < 0)[:, None] | in_tree  # [B, N, K]
+    mask = torch.zeros(b, 1, *allowed.shape[1:], dtype=target.dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(target.dtype).min)  # additive, as in LlavaTarget._tree_mask
+    device = target.device
+    return tokens.to(device), (start + depths).to(device), mask.to(device)
