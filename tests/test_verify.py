@@ -346,3 +346,24 @@ def test_speculative_sampling_with_auto_trees_matches_the_exact_distribution(sma
                                trees=trees)
     assert chi_square_p(samples, exact, n) > 1e-3
     assert len(trees) > n // 4 and len(set(trees)) > 1  # trees were verified (and plain steps taken), of varied sizes
+
+
+def test_batched_speculative_sampling_matches_the_exact_distribution(small_vocab_target):
+    """Batches of 4 (mmvsd.decoding.batch): 1500 requests of one prompt, each row sampling with
+    its own generator, through trees verified four rows per forward: sequences of 4 tokens follow
+    the exact distribution."""
+    from mmvsd.config import DecodeConfig, TreeConfig
+    from mmvsd.decoding.batch import batch_generate
+    from mmvsd.drafters import build_drafter
+
+    target, prompt = small_vocab_target
+    n, length = 1500, 4
+    exact = exact_sequences(target, prompt, length, 1.0, 1.0)
+    cfg = DecodeConfig(length, 1.0, 1.0, 0, TreeConfig(3, 2, 6))
+    answers, widths = [[] for _ in range(n)], Counter()
+    for step in batch_generate(target, build_drafter("eagle", target, seed=0), [prompt] * n, cfg, 4):
+        widths[len(step.rows)] += 1
+        for request, row in step.rows:
+            answers[request] += row.tokens
+    assert widths[4] > n / 4  # most steps verified four rows at once
+    assert chi_square_p(Counter(map(tuple, answers)), exact, n) > 1e-3
