@@ -14,32 +14,22 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from mmvsd import cli, metrics
 from mmvsd.checks import check_device, check_output_file
 from mmvsd.config import BenchConfig, is_greedy
+from mmvsd.data.requests import builtin_requests, read_requests
 from mmvsd.decoding import Step, autoregressive_generate, collect_tokens, speculative_generate
 from mmvsd.decoding.speculative import PHASES, tree_chooser
 from mmvsd.drafters.oracle import OracleDrafter
 from mmvsd.errors import UserError
-from mmvsd.images import load_image
-
-
-@dataclass
-class Request:
-    name: str  # how the input is named in errors and results
-    image: Image.Image | None = None
-    prompt: str = ""
-    error: str | None = None
 
 
 @dataclass
@@ -71,80 +61,6 @@ class Result:
                 "speculative_s": self.speculative_s}
 
 
-def read_requests(path: str, n: int) -> list[Request]:
-    """`{"image": path, "prompt": text}` per line, image paths relative to the file.
-
-    A bad line becomes a Request with an error naming its line; only a missing or unreadable file
-    stops the run.
-    """
-    file = Path(path)
-    if file.is_dir():
-        raise UserError(f"data {path}: is a folder; give a JSONL file with one {{\"image\": path, \"prompt\": text}} per line")
-    if not file.is_file():
-        raise UserError(f"data file {path}: no such file")
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"data file {path}: cannot read it as UTF-8 text ({e})") from None
-    requests = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if len(requests) == n:
-            break
-        requests.append(_parse_line(line, f"{file.name}:{number}", file.parent))
-    if not requests:
-        raise UserError(f"data file {path} has no inputs; each line should be {{\"image\": path, \"prompt\": text}}")
-    return requests
-
-
-def _parse_line(line: str, name: str, base: Path) -> Request:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        return Request(name, error=f"{name}: not valid JSON ({e.msg})")
-    problem = _line_problem(record)
-    if problem:
-        return Request(name, error=f'{name}: {problem}; expected {{"image": path, "prompt": text}}')
-    image_path = base / record["image"]
-    name = f"{name} ({record['image']})"
-    try:
-        return Request(name, load_image(image_path), record["prompt"])
-    except UserError as e:
-        return Request(name, prompt=record["prompt"], error=str(e))
-
-
-def _line_problem(record: object) -> str | None:
-    """What is wrong with one data line's JSON value, or None."""
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
-    for key in ("image", "prompt"):
-        if key not in record:
-            return f'no "{key}"'
-        if not isinstance(record[key], str):
-            return f'"{key}" is {_json_kind(record[key])}, not a string'
-        if not record[key].strip():
-            return f'"{key}" is empty'
-    return None
-
-
-def _json_kind(value: object) -> str:
-    return {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
-
-
-def builtin_requests(n: int, seed: int) -> list[Request]:
-    """Fresh images from the plugin that provides default inputs (the toy world's scenes and
-    charts) with a request for a description: long answers, the setting in which speculation
-    pays off (and in which MSD and ViSpec measure it)."""
-    from mmvsd.plugins import default_inputs
-
-    inputs = default_inputs()
-    rng = random.Random(f"bench-{seed}")  # a stream of its own: not the images targets are trained on
-    return [Request(f"builtin-{i}", inputs.image(rng, 336), inputs.prompts[i % len(inputs.prompts)])
-            for i in range(n)]
-
-
 def run_bench(cfg: BenchConfig) -> dict:
     from mmvsd.drafters import drafter_kind, load_drafter
     from mmvsd.models import load_target
@@ -152,7 +68,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     check_device(cfg.device)
     if cfg.json:
         check_output_file(cfg.json, "json")
-    requests = read_requests(cfg.data, cfg.n) if cfg.data else builtin_requests(cfg.n, cfg.seed)
+    requests = read_requests(cfg.data, cfg.n)[0] if cfg.data else builtin_requests(cfg.n, cfg.seed)
     check_draft_vocab(cfg)
     if cfg.vispec_image == "text" and (cfg.drafter == "oracle" or drafter_kind(cfg.drafter) != "vispec"):
         raise UserError(f"vispec_image=text applies to ViSpec drafters; drafter {cfg.drafter} is not one")

@@ -64,7 +64,7 @@ def default_drafter(target: str) -> str:
 
 def example_images(folder: Path, n: int = DEMO_EXAMPLES) -> list[str]:
     """Fresh toy-world scenes and charts for the Examples row."""
-    from mmvsd.bench import builtin_requests
+    from mmvsd.data.requests import builtin_requests
 
     paths = []
     for request in builtin_requests(n, seed=7):

@@ -356,7 +356,7 @@ def test_stop_and_a_closed_tab_free_the_decoder_for_the_next_request(demo, page,
 
 def example_truth(index: int):
     """The ground truth of the demo's example `index`, drawn again as builtin_requests(seed=7) draws it."""
-    from mmvsd.bench import builtin_requests
+    from mmvsd.data.requests import builtin_requests
     from mmvsd.toyworld.data import random_sample
 
     rng = random.Random("bench-7")

@@ -27,6 +27,7 @@ from mmvsd.decoding.drafting import Drafter, make_pairs
 from mmvsd.decoding.speculative import Step, _Clock, _Output
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, sample, verify_greedy, verify_stochastic
+from mmvsd.errors import UserError
 from mmvsd.models.kv_cache import add_row, keep_paths, rows_cache
 from mmvsd.models.llava import LlavaTarget, Prompt
 
@@ -76,6 +77,40 @@ def batch_generate(target: LlavaTarget, drafter: Drafter | None, prompts: list[P
                 layer.select(staying)
             if drafter:
                 drafter.leave(drafts, staying)
+
+
+def check_batch_memory(target: LlavaTarget, prompts: list[Prompt], cfg: DecodeConfig, batch_size: int,
+                       drafting: bool) -> None:
+    """Refuse, before any work, a batch whose caches and logits would not fit in the memory free on
+    the target's device, naming the largest batch size that fits. Per row: the target's KV cache
+    for the longest prompt + max_new_tokens + a tree, the drafter's (one layer), and the fp32
+    logits of a verified tree."""
+    tree = cfg.tree.total_tokens + 1 if drafting else 1
+    positions = max(len(p.input_ids) for p in prompts) + cfg.max_new_tokens + tree
+    text = target.model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    width = target.dtype.itemsize
+    per_row = 2 * positions * target.num_layers * kv_heads * head_dim * width  # target keys and values
+    if drafting:
+        per_row += 2 * 2 * positions * target.hidden_size * width  # the drafter's, in a buffer that doubles
+    per_row += tree * target.vocab_size * 4 * 2  # logits, and their probabilities when sampling
+    free = free_memory(target.device)
+    if batch_size * per_row > 0.9 * free:
+        fits = int(0.9 * free // per_row)
+        raise UserError(f"batch_size={batch_size} needs ~{batch_size * per_row / 2**30:.1f} GiB for its caches and "
+                        f"logits ({batch_size} rows x {positions} positions: the longest prompt + max_new_tokens + a tree), "
+                        f"more than the {free / 2**30:.1f} GiB free on {target.device}; "
+                        + (f"batch_size={fits} fits" if fits else "lower max_new_tokens"))
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on `device`: the GPU's free memory, or the machine's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil  # accelerate's dependency, so always installed with mmvsd
+
+    return psutil.virtual_memory().available
 
 
 def _join(target: LlavaTarget, drafter: Drafter | None, cache, drafts: Any, request: int, prompt: Prompt,

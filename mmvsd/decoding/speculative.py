@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ from mmvsd.decoding.costs import device_wait, load_costs
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, sample, verify_greedy, verify_stochastic
 from mmvsd.decoding.drafting import Drafter, make_pairs
-from mmvsd.models.llava import LlavaTarget, Prompt
+from mmvsd.models.llava import LlavaTarget, PrefillOutput, Prompt
 
 
 PHASES = ("draft", "tree", "verify", "accept", "commit", "other")  # of a speculative step, in order
@@ -83,11 +84,44 @@ class _Output:
         return kept
 
 
+@dataclass
+class Dialogue:
+    """What a turn of a conversation leaves to the next (the target's KV cache stays in the
+    target): the drafter's state and the pairs it has not taken in yet, features [n, H] and tokens
+    [n + 1] ending on the answer's last token, which is not in the cache yet. Pass one object to
+    every turn's loop; a later turn's prompt comes from `LlavaTarget.encode_turn`."""
+
+    state: Any = None
+    hidden: torch.Tensor | None = None
+    kept: torch.Tensor | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.kept is not None
+
+
+def _open(target: LlavaTarget, prompt: Prompt, dialogue: Dialogue | None
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PrefillOutput | None]:
+    """The first forward of a turn: the prefill of image + prompt, or, in a started dialogue, the
+    previous answer's last token (an EOS added when the answer was cut short, as the chat format
+    closes every answer with one) and the new turn's tokens after the cached conversation. Returns
+    the next-token logits [V], the hidden states of the new positions [T, H] and the tokens [T]
+    they belong to, and the prefill (None for a later turn)."""
+    if dialogue is None or not dialogue.started:
+        prefill = target.prefill(prompt)
+        return prefill.logits, prefill.hidden, prompt.input_ids, prefill
+    last = dialogue.kept[-1:].to(target.device)
+    close = [] if int(last) in target.eos_token_ids else [min(target.eos_token_ids)]
+    chain = torch.cat([last, last.new_tensor(close), prompt.input_ids.to(target.device)])
+    logits, hidden = target.forward(chain, torch.arange(len(chain)))  # [T, V], [T, H]
+    return logits[-1], hidden, chain, None
+
+
 def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt, cfg: DecodeConfig,
-                         auto: AutoTree | None = None) -> Iterator[Step]:
+                         auto: AutoTree | None = None, dialogue: Dialogue | None = None) -> Iterator[Step]:
     """Under `cfg.tree.auto`, `auto` sizes each tree (pass one per session: it learns the drafter's
     acceptance and answer lengths; made here, from the cached or a fresh calibration, when not
-    given); a fixed tree ignores it."""
+    given); a fixed tree ignores it. `dialogue`: this answer is a turn of that conversation."""
     generator = torch.Generator().manual_seed(cfg.seed)
     output = _Output(target, cfg)
     if not cfg.tree.auto:
@@ -96,13 +130,18 @@ def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt, 
         auto = tree_chooser(target, drafter, prompt, cfg.tree)
     shape = auto or cfg.tree
     clock = _Clock(target.device)
-    prefill = target.prefill(prompt)  # logits [V], hidden [T, H]
-    root = sample(prefill.logits, cfg, generator)
+    logits, hidden, ids, prefill = _open(target, prompt, dialogue)  # [V], [T, H], [T]
+    root = sample(logits, cfg, generator)
     clock.lap("prefill")
     yield Step(output.take([root]), clock.total, phases=clock.phases)
-    state = drafter.begin(prompt.input_ids, prefill)
     # the pairs the drafter has not taken in yet: features [n, H] and tokens [n + 1], ending on the root
-    hidden, kept = prefill.hidden, torch.cat([prompt.input_ids, prompt.input_ids.new_tensor([root])])
+    if prefill is not None:
+        state = drafter.begin(prompt.input_ids, prefill)
+        kept = torch.cat([ids, ids.new_tensor([root])])
+    else:  # ids[0] is the previous answer's last token, the end of dialogue.kept
+        state, hidden = dialogue.state, torch.cat([dialogue.hidden, hidden])
+        kept = torch.cat([dialogue.kept.to(ids.device), ids[1:], ids.new_tensor([root])])
+    past_end = 0  # tokens the last tree accepted after the answer ended (at EOS or the budget)
     while not output.done:
         clock = _Clock(target.device)
         if auto is not None and not auto.drafts(target.cache.get_seq_length(), output.emitted, len(hidden), output.budget):
@@ -131,10 +170,14 @@ def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt, 
             auto.observe(tree, path)
         hidden, kept = hidden[path], torch.tensor(tree.tokens[path].tolist() + [bonus], device=hidden.device)
         emitted = output.take(kept[1:].tolist())  # the root was emitted by the step before
+        past_end = len(kept) - 1 - len(emitted)
         clock.lap("other")
         yield Step(emitted, clock.total, tree, path, clock.phases)
     if auto is not None:
         auto.finish(output.emitted)
+    if dialogue is not None:  # the conversation goes on from the answer's last token: forget what came after it
+        target.commit(past_end, torch.arange(0))  # of the last `past_end` cached positions, keep none
+        dialogue.state, dialogue.hidden, dialogue.kept = state, hidden[:len(hidden) - past_end], kept[:len(kept) - past_end]
 
 
 def tree_chooser(target: LlavaTarget, drafter: Drafter, prompt: Prompt, tree: TreeConfig) -> AutoTree:
@@ -143,11 +186,13 @@ def tree_chooser(target: LlavaTarget, drafter: Drafter, prompt: Prompt, tree: Tr
     return AutoTree(load_costs(target, drafter, prompt, tree.top_k), tree.top_k, tree.depth, tree.total_tokens)
 
 
-def autoregressive_generate(target: LlavaTarget, prompt: Prompt, cfg: DecodeConfig) -> Iterator[Step]:
+def autoregressive_generate(target: LlavaTarget, prompt: Prompt, cfg: DecodeConfig,
+                            dialogue: Dialogue | None = None) -> Iterator[Step]:
+    """The target alone; `dialogue`: as in `speculative_generate` (only its last token is used)."""
     generator = torch.Generator().manual_seed(cfg.seed)
     output = _Output(target, cfg)
     start = time.perf_counter()
-    token = sample(target.prefill(prompt).logits, cfg, generator)
+    token = sample(_open(target, prompt, dialogue)[0], cfg, generator)
     yield Step(output.take([token]), time.perf_counter() - start)
     depth0 = torch.zeros(1, dtype=torch.long, device=target.device)
     while not output.done:
@@ -155,6 +200,8 @@ def autoregressive_generate(target: LlavaTarget, prompt: Prompt, cfg: DecodeConf
         logits, _ = target.forward(torch.tensor([token], device=target.device), depth0)  # [1, V]
         token = sample(logits[0], cfg, generator)
         yield Step(output.take([token]), time.perf_counter() - start)
+    if dialogue is not None:
+        dialogue.kept = torch.tensor([token])
 
 
 def collect_tokens(steps: Iterable[Step]) -> list[int]:

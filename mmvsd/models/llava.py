@@ -30,7 +30,7 @@ class Prompt:
     """An encoded request: chat-formatted token ids with the image placeholders expanded."""
 
     input_ids: torch.Tensor  # [T]
-    pixel_values: torch.Tensor  # [1, 3, S, S]
+    pixel_values: torch.Tensor | None  # [1, 3, S, S]; None for a later turn of a conversation (encode_turn)
     text: str
 
 
@@ -124,6 +124,21 @@ class LlavaTarget:
                 "shorten the prompt or lower max_new_tokens"
             )
         return Prompt(input_ids.to(self.device), batch["pixel_values"].to(self.device, self.dtype), text)
+
+    def encode_turn(self, question: str, max_new_tokens: int = 1) -> Prompt:
+        """A later turn of the conversation in the cache, about the same image: `USER: {question}
+        ASSISTANT:` tokenized as training tokenizes it (`mmvsd.data.conversations`); refused when it
+        and its answer would not fit in the target's context after the conversation so far."""
+        if not isinstance(question, str) or not question.strip():
+            raise UserError("the turn is empty; give a question or an instruction about the image")
+        text = user_turn(question.strip(), image=False)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        context = self.cache.get_seq_length() + 2  # the answer's last token and a closing EOS come first
+        if context + len(ids) + max_new_tokens > self.max_context:
+            raise UserError(f"the conversation is too long: {context} positions so far + {len(ids)} for this turn + "
+                            f"max_new_tokens={max_new_tokens} exceed the target's context of {self.max_context} "
+                            "tokens; ask fewer turns or lower max_new_tokens")
+        return Prompt(torch.tensor(ids, device=self.device), None, text)
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
