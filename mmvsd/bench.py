@@ -25,9 +25,9 @@ from tqdm import tqdm
 from mmvsd import cli, metrics
 from mmvsd.checks import check_device, check_output_file
 from mmvsd.config import BenchConfig, is_greedy
-from mmvsd.data.requests import builtin_requests, read_requests
+from mmvsd.data.requests import Request, builtin_requests, read_requests
 from mmvsd.decoding import Step, autoregressive_generate, collect_tokens, speculative_generate
-from mmvsd.decoding.speculative import PHASES, tree_chooser
+from mmvsd.decoding.speculative import PHASES, Dialogue, tree_chooser
 from mmvsd.drafters.oracle import OracleDrafter
 from mmvsd.errors import UserError
 
@@ -36,7 +36,7 @@ from mmvsd.errors import UserError
 class Result:
     name: str
     prompt: str
-    prompt_tokens: int  # image tokens included: the context the answer starts from
+    prompt_tokens: int  # image tokens included: the context the answer starts from (a later turn: the conversation's)
     text: str  # the speculative answer
     identical: bool | None  # greedy only: same tokens as the target alone
     divergence: dict | None  # greedy, when not identical: where and how close the target's top two logits were
@@ -45,6 +45,8 @@ class Result:
     speculative_s: float
     baseline: list[Step] = field(repr=False)
     speculative: list[Step] = field(repr=False)
+    turn: int = 1  # the answer's turn in its conversation
+    topic: str | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -56,7 +58,7 @@ class Result:
 
     def to_dict(self) -> dict:
         return {"input": self.name, "prompt": self.prompt, "prompt_tokens": self.prompt_tokens, "text": self.text,
-                "tokens": self.n_tokens,
+                "tokens": self.n_tokens, "turn": self.turn, "topic": self.topic,
                 "identical": self.identical, "divergence": self.divergence, "tau": self.tau, "baseline_s": self.baseline_s,
                 "speculative_s": self.speculative_s}
 
@@ -68,7 +70,13 @@ def run_bench(cfg: BenchConfig) -> dict:
     check_device(cfg.device)
     if cfg.json:
         check_output_file(cfg.json, "json")
-    requests = read_requests(cfg.data, cfg.n)[0] if cfg.data else builtin_requests(cfg.n, cfg.seed)
+    if cfg.data:
+        requests, in_file = read_requests(cfg.data, cfg.n)
+        if len(requests) < in_file:
+            tqdm.write(f"data {cfg.data}: the first {len(requests)} of its {in_file} inputs (n={cfg.n})", file=sys.stderr)
+    else:
+        requests = builtin_requests(cfg.n or 8, cfg.seed)
+        in_file = None
     check_draft_vocab(cfg)
     if cfg.vispec_image == "text" and (cfg.drafter == "oracle" or drafter_kind(cfg.drafter) != "vispec"):
         raise UserError(f"vispec_image=text applies to ViSpec drafters; drafter {cfg.drafter} is not one")
@@ -82,6 +90,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     assistant = load_assistant(cfg, target) if cfg.assistant else None  # refused before any timing
     prompts = []
     for request in requests:
+        if request.error is None and cfg.batch_size > 1 and len(request.turns) > 1:
+            request.error = (f"{request.name}: {len(request.turns)} turns; conversations are decoded one at a time "
+                             "(batch_size=1)")
         if request.error is None:
             try:
                 prompts.append((request, target.encode(request.image, request.prompt, cfg.max_new_tokens)))
@@ -92,6 +103,11 @@ def run_bench(cfg: BenchConfig) -> dict:
         tqdm.write(f"skipped: {error['error']}", file=sys.stderr)
     if not prompts:
         raise UserError(f"none of the {len(requests)} inputs could be used: {errors[0]['error']}")
+    if cfg.batch_size > 1:
+        from mmvsd.bench_batch import run_batched
+
+        return {**run_batched(cfg, target, drafter, [p for _, p in prompts], [r.name for r, _ in prompts], errors),
+                "inputs_in_file": in_file}
 
     decode = cfg.decode
     auto = tree_chooser(target, drafter, prompts[0][1], cfg.tree) if cfg.tree.auto else None  # calibrates once
@@ -102,21 +118,8 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     results = []
     for request, prompt in tqdm(prompts, desc="bench", unit="input", file=sys.stderr):
-        start = time.perf_counter()
-        baseline = list(autoregressive_generate(target, prompt, decode))
-        baseline_s = time.perf_counter() - start
-        base_tokens = collect_tokens(baseline)
-        expect(base_tokens)
-        start = time.perf_counter()
-        speculative = list(speculative_generate(target, drafter, prompt, decode, auto))
-        speculative_s = time.perf_counter() - start
-        spec_tokens = collect_tokens(speculative)
-        identical = base_tokens == spec_tokens if is_greedy(decode.temperature) else None
-        divergence = first_divergence(target, prompt, base_tokens, spec_tokens) if identical is False else None
-        results.append(Result(request.name, request.prompt, len(prompt.input_ids), target.decode(spec_tokens),
-                              identical, divergence,
-                              metrics.tau(speculative), baseline_s, speculative_s, baseline, speculative))
-    report = summarize(cfg, results, errors)
+        results += conversation(cfg, target, drafter, auto, request, prompt, errors)
+    report = {**summarize(cfg, results, errors), "inputs_in_file": in_file}
     if auto is not None:
         report["auto_costs_ms"] = auto_costs(auto, len(prompts[0][1].input_ids))
     if cfg.assistant:
@@ -124,18 +127,64 @@ def run_bench(cfg: BenchConfig) -> dict:
     return report
 
 
+def conversation(cfg: BenchConfig, target, drafter, auto, request: Request, prompt, errors: list[dict]) -> list[Result]:
+    """One request's answers, turn by turn: the whole conversation by the target alone, then the
+    whole conversation speculatively (each keeps its own cache, so they cannot interleave). A turn
+    that no longer fits the context ends the conversation there, with an error."""
+    decode = cfg.decode
+    multi = len(request.turns) > 1
+    runs = {}
+    for side in ("baseline", "speculative"):
+        dialogue = Dialogue() if multi else None
+        runs[side] = []
+        for turn, question in enumerate(request.turns):
+            try:
+                this = prompt if turn == 0 else target.encode_turn(question, decode.max_new_tokens)
+            except UserError as e:
+                if side == "baseline":
+                    errors.append({"input": request.name, "error": f"{request.name}: turn {turn + 1}: {e}"})
+                break
+            context = len(this.input_ids) if turn == 0 else target.cache.get_seq_length() + len(this.input_ids)
+            start = time.perf_counter()
+            if side == "baseline":
+                steps = list(autoregressive_generate(target, this, decode, dialogue))
+            else:
+                if isinstance(drafter, OracleDrafter) and turn == 0:  # it replays first turns only
+                    drafter.expect(collect_tokens(runs["baseline"][turn][1]))
+                steps = list(speculative_generate(target, drafter, this, decode, auto, dialogue))
+            runs[side].append((context, steps, time.perf_counter() - start, this))
+    results = []
+    for turn, ((context, baseline, baseline_s, this), (_, speculative, speculative_s, _)) in enumerate(
+            zip(runs["baseline"], runs["speculative"])):
+        base_tokens, spec_tokens = collect_tokens(baseline), collect_tokens(speculative)
+        identical = base_tokens == spec_tokens if is_greedy(decode.temperature) else None
+        divergence = None
+        if identical is False:
+            divergence = (first_divergence(target, this, base_tokens, spec_tokens) if turn == 0
+                          else {"position": _first_difference(base_tokens, spec_tokens), "top2_margin": float("nan")})
+        name = f"{request.name} turn {turn + 1}" if multi else request.name
+        results.append(Result(name, request.turns[turn], context, target.decode(spec_tokens), identical, divergence,
+                              metrics.tau(speculative), baseline_s, speculative_s, baseline, speculative, turn + 1,
+                              request.topic))
+    return results
+
+
 def first_divergence(target, prompt, base: list[int], spec: list[int]) -> dict:
     """Where greedy speculative output first differs from the target alone's, and the margin
     between the target's top two logits there (recomputed: the prompt, then the common prefix in
     one chain forward): a margin at or near 0 is a tie that the batch shape of a low-precision
     forward can flip."""
-    i = next((k for k, (a, b) in enumerate(zip(base, spec)) if a != b), min(len(base), len(spec)))
+    i = _first_difference(base, spec)
     logits = target.prefill(prompt).logits
     if i > 0:  # the answer's tokens go in as tokens (an image token id among them is just a token)
         logits = target.forward(torch.tensor(base[:i]), torch.arange(i))[0][-1]
     top = logits.topk(2).values
     return {"position": i, "target_token": base[i] if i < len(base) else None,
             "speculative_token": spec[i] if i < len(spec) else None, "top2_margin": float(top[0] - top[1])}
+
+
+def _first_difference(base: list[int], spec: list[int]) -> int:
+    return next((k for k, (a, b) in enumerate(zip(base, spec)) if a != b), min(len(base), len(spec)))
 
 
 def check_draft_vocab(cfg: BenchConfig) -> None:
@@ -228,9 +277,35 @@ def summarize(cfg: BenchConfig, results: list[Result], errors: list[dict]) -> di
         "step_ms": phases,
         **metrics.engine_efficiency([r.baseline for r in results], [r.speculative for r in results]),
         **metrics.trees(s for r in results for s in r.speculative),
+        "per_turn": groups(results, lambda r: r.turn),
+        "per_topic": groups(results, lambda r: r.topic) if any(r.topic for r in results) else {},
         "per_input": [r.to_dict() for r in results],
         "config": asdict(cfg),
     }
+
+
+def groups(results: list[Result], key) -> dict[str, dict]:
+    """Speed-up, tau and answer length of the answers grouped by `key` (turn, or MMSpec's topic)."""
+    grouped: dict[str, list[Result]] = {}
+    for r in results:
+        grouped.setdefault(str(key(r)), []).append(r)
+    return {name: {"answers": len(rs),
+                   "speedup": metrics.tokens_per_second(sum(r.n_tokens for r in rs), sum(r.speculative_s for r in rs)) /
+                   metrics.tokens_per_second(sum(r.n_base_tokens for r in rs), sum(r.baseline_s for r in rs)),
+                   "tau": metrics.tau(s for r in rs for s in r.speculative),
+                   "tokens_per_answer": sum(r.n_tokens for r in rs) / len(rs)}
+            for name, rs in grouped.items()}
+
+
+def group_lines(report: dict) -> list[tuple[str, str]]:
+    """Table rows per turn (conversations of several turns) and per topic (MMSpec's data)."""
+    rows = []
+    for label, table in (("turn", report["per_turn"] if len(report["per_turn"]) > 1 else {}),
+                         ("topic", report["per_topic"])):
+        for name, g in table.items():
+            rows.append((f"{label} {name}"[:20], f"{g['speedup']:.2f}x, tau {g['tau']:.2f}, "
+                                                 f"{g['tokens_per_answer']:.0f} tokens per answer ({g['answers']} answers)"))
+    return rows
 
 
 def auto_costs(auto, context: int) -> dict:
@@ -253,7 +328,7 @@ def identical_line(report: dict) -> str:
     if report["identical_outputs"] is not False:
         return {True: "yes", None: "n/a (sampling)"}[report["identical_outputs"]]
     dtype = report["config"]["dtype"]
-    worst = max(d["top2_margin"] for d in report["divergence"])
+    worst = max((d["top2_margin"] for d in report["divergence"] if not math.isnan(d["top2_margin"])), default=math.nan)
     verdict = ("NO - lossless contract broken" if dtype == "float32" else
                f"no: {dtype} forwards are not invariant to batch shape (README, 'The lossless contract')")
     return (f"{verdict}; {len(report['divergence'])} of {report['n_prompts']} inputs differ, first at tokens "
@@ -261,6 +336,10 @@ def identical_line(report: dict) -> str:
 
 
 def print_report(report: dict) -> None:
+    if report.get("batch_size", 1) > 1:
+        from mmvsd.bench_batch import print_batched
+
+        return print_batched(report, [("identical outputs", identical_line(report)), ("tree", tree_line(report))])
     steps = report["step_ms"]
     rows = [
         ("inputs", f"{report['n_prompts']} used, {len(report['errors'])} skipped"),
@@ -279,6 +358,7 @@ def print_report(report: dict) -> None:
         ("engine efficiency", f"{report['engine_efficiency']:.2f} = decode speed-up / (tau x t_decode / "
                               f"(t_verify + t_draft) = {report['speedup_limit']:.2f}x)"),
     ]
+    rows += group_lines(report)
     if "assisted" in report:
         peer = report["assisted"]
         rows.append(("assisted (peer)", f"{peer['assisted_tokens_per_s']:.1f} tokens/s with assistant {peer['assistant']}: "

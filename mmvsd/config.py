@@ -178,8 +178,11 @@ class BenchConfig(TargetSettings):
     oracle: OracleConfig = opt(OracleConfig, "drafter=oracle: how often its proposals are right")
     draft_vocab: int = opt(0, "an untrained drafter drafts over N token ids only (EOS and the lowest ids; 0 = all): "
                               "measures a reduced head's cost (a trained drafter brings its own draft vocabulary)")
-    data: str | None = opt(None, 'JSONL of {"image": path, "prompt": text}; default: built-in examples')
-    n: int = opt(8, "use at most this many inputs")
+    data: str | None = opt(None, 'JSONL of {"image": path, "prompt": text} or MMSpec\'s {"image": path, "turns": '
+                                 '[text, ...], "topic": ...} (toy:mmspec: the toy world\'s set); default: built-in examples')
+    n: int = opt(0, "use the first n inputs (0 = the whole data file, or 8 built-in examples)")
+    batch_size: int = opt(1, "requests decoded at once, target alone and speculative alike (> 1: throughput, "
+                             "latency p50/p90 and time to first token per request)")
     max_new_tokens: int = opt(64, "tokens to generate at most per answer")
     temperature: float = opt(0.0, f"0 = greedy (outputs must be identical; so is anything below {MIN_TEMPERATURE:g}); "
                                   "> 0 samples")
@@ -199,7 +202,10 @@ class BenchConfig(TargetSettings):
     dry_run: bool = opt(False, "print the resolved config and exit")
 
     def __post_init__(self) -> None:
-        _require(self.n >= 1, f"n must be >= 1, got {self.n}")
+        _require(self.n >= 0, f"n must be >= 0 (0 = the whole data file), got {self.n}")
+        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _require(self.batch_size == 1 or not self.assistant, "assistant= times transformers' assisted generation, "
+                                                             "which decodes one request at a time: use batch_size=1")
         _require(self.vispec_image in ("compress", "text"), f"vispec_image must be compress or text, got {self.vispec_image}")
         super().__post_init__()
         self.decode  # validates the decoding knobs

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mmvsd.config import DecodeConfig, is_greedy
+from mmvsd.config import DecodeConfig, TreeConfig, is_greedy
 from mmvsd.decoding.drafting import Drafter, make_pairs
 from mmvsd.decoding.speculative import Step, _Clock, _Output
 from mmvsd.decoding.tree import DraftTree
@@ -39,6 +39,7 @@ class BatchStep:
     rows: list[tuple[int, Step]]  # (request index, what that row got), each Step carrying the batch step's time
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)
+    finished: list[int] = field(default_factory=list)  # requests whose answers this step ended
 
 
 @dataclass
@@ -54,7 +55,9 @@ class _Row:
 def batch_generate(target: LlavaTarget, drafter: Drafter | None, prompts: list[Prompt], cfg: DecodeConfig,
                    batch_size: int) -> Iterator[BatchStep]:
     """Decode `prompts` with at most `batch_size` in flight, speculatively with `drafter` (a fixed
-    `cfg.tree`) or, with None, the target alone."""
+    `cfg.tree`: see `batch_tree`) or, with None, the target alone."""
+    if cfg.tree.auto:
+        raise ValueError("batch_generate drafts a fixed tree: pass batch_tree(cfg.tree)")
     queue = deque(enumerate(prompts))
     tree_tokens = cfg.tree.total_tokens + 1 if drafter else 1
     cache = rows_cache(target.num_layers, max(len(p.input_ids) for p in prompts) + cfg.max_new_tokens + tree_tokens)
@@ -64,12 +67,14 @@ def batch_generate(target: LlavaTarget, drafter: Drafter | None, prompts: list[P
         while queue and len(rows) < batch_size:
             request, prompt = queue.popleft()
             row, step = _join(target, drafter, cache, drafts, request, prompt, cfg)
-            yield BatchStep([(request, step)], step.seconds, step.phases)
+            yield BatchStep([(request, step)], step.seconds, step.phases, [] if row else [request])
             if row is not None:
                 rows.append(row)
         if not rows:
             continue
-        yield _step(target, drafter, cache, drafts, rows, cfg)
+        step = _step(target, drafter, cache, drafts, rows, cfg) if drafter else _plain_step(target, cache, rows, cfg)
+        step.finished = [row.request for row in rows if row.output.done]
+        yield step
         staying = [i for i, row in enumerate(rows) if not row.output.done]
         if len(staying) < len(rows):
             rows = [rows[i] for i in staying]
@@ -77,6 +82,12 @@ def batch_generate(target: LlavaTarget, drafter: Drafter | None, prompts: list[P
                 layer.select(staying)
             if drafter:
                 drafter.leave(drafts, staying)
+
+
+def batch_tree(tree: TreeConfig) -> TreeConfig:
+    """The fixed tree a batch drafts: `tree=auto` sizes one sequence's trees from costs measured
+    at batch size 1, so a batch drafts the `narrow` preset in its place."""
+    return TreeConfig.presets()["narrow"] if tree.auto else tree
 
 
 def check_batch_memory(target: LlavaTarget, prompts: list[Prompt], cfg: DecodeConfig, batch_size: int,
@@ -133,13 +144,28 @@ def _join(target: LlavaTarget, drafter: Drafter | None, cache, drafts: Any, requ
     return (None if row.output.done else row), Step(tokens, clock.total, phases=clock.phases)
 
 
-def _step(target: LlavaTarget, drafter: Drafter | None, cache, drafts: Any, rows: list[_Row],
-          cfg: DecodeConfig) -> BatchStep:
+def _plain_step(target: LlavaTarget, cache, rows: list[_Row], cfg: DecodeConfig) -> BatchStep:
+    """The target alone: one token per row, each after its own context (no tree, nothing to move)."""
     clock = _Clock(target.device)
-    if drafter:
-        trees = drafter.propose_batch(drafts, [r.features for r in rows], [r.tokens for r in rows], cfg.tree)
-    else:
-        trees = [DraftTree(torch.tensor([r.last]), torch.tensor([-1]), torch.zeros(1)) for r in rows]
+    lengths = torch.tensor(cache.layers[0].lengths)[:, None]  # [B, 1]
+    blocked = torch.arange(int(lengths.max()) + 1)[None] > lengths  # [B, K]: past the row's context and new token
+    mask = torch.zeros(len(rows), 1, 1, blocked.shape[1], dtype=target.dtype)
+    mask.masked_fill_(blocked[:, None, None], torch.finfo(target.dtype).min)
+    tokens = torch.tensor([[row.last] for row in rows])
+    logits, _ = target.verify_rows(cache, tokens, lengths.to(target.device), mask.to(target.device))  # [B, 1, V]
+    step = []
+    for row, row_logits in zip(rows, logits[:, 0]):
+        row.last = sample(row_logits, cfg, row.generator)
+        step.append((row.request, Step(row.output.take([row.last]), 0.0)))
+    clock.lap("verify")
+    for _, row_step in step:
+        row_step.seconds, row_step.phases = clock.total, clock.phases
+    return BatchStep(step, clock.total, clock.phases)
+
+
+def _step(target: LlavaTarget, drafter: Drafter, cache, drafts: Any, rows: list[_Row], cfg: DecodeConfig) -> BatchStep:
+    clock = _Clock(target.device)
+    trees = drafter.propose_batch(drafts, [r.features for r in rows], [r.tokens for r in rows], cfg.tree)
     clock.lap("draft")
     starts = list(cache.layers[0].lengths)
     tokens, positions, mask = tree_batch(target, trees, starts)
@@ -163,10 +189,8 @@ def _step(target: LlavaTarget, drafter: Drafter | None, cache, drafts: Any, rows
         row.last = bonus
         emitted.append(row.output.take(kept[1:]))  # the root was emitted by the step before
     clock.lap("other")
-    return BatchStep([(row.request, Step(out, clock.total, tree if drafter else None, path if drafter else None,
-                                         clock.phases))
-                      for row, tree, out, (path, _) in zip(rows, trees, emitted, accepted)],
-                     clock.total, clock.phases)
+    return BatchStep([(row.request, Step(out, clock.total, tree, path, clock.phases))
+                      for row, tree, out, (path, _) in zip(rows, trees, emitted, accepted)], clock.total, clock.phases)
 
 
 def tree_batch(target: LlavaTarget, trees: list[DraftTree], lengths: list[int]

@@ -176,6 +176,11 @@ def keep_paths(layers: list[RowsLayer], starts: list[int], paths: list[list[int]
     starts[b], starts[b] + 1, ... and drops every later one: each row's accepted path becomes its
     context. Rows keep paths of different lengths: the shorter ones are padded by repeating their
     last move, which writes the same value twice."""
+    lengths = [start + len(path) for start, path in zip(starts, paths)]
+    if all(path == list(range(len(path))) for path in paths):  # every path already sits in place
+        for layer in layers:
+            layer.truncate(lengths)
+        return
     width = max(len(path) for path in paths)
     src = [[start + i for i in path] + [start + path[-1]] * (width - len(path)) for start, path in zip(starts, paths)]
     dst = [list(range(start, start + len(path))) + [start + len(path) - 1] * (width - len(path))
@@ -183,7 +188,6 @@ def keep_paths(layers: list[RowsLayer], starts: list[int], paths: list[list[int]
     device = layers[0].keys.device
     rows = torch.arange(len(paths), device=device)[:, None]
     src, dst = torch.tensor(src, device=device), torch.tensor(dst, device=device)
-    lengths = [start + len(path) for start, path in zip(starts, paths)]
     for layer in layers:
         layer.keep_rows(rows, src, dst, lengths)
 
