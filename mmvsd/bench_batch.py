@@ -24,11 +24,11 @@ from mmvsd.drafters.oracle import OracleDrafter
 
 def run_batched(cfg: BenchConfig, target, drafter, prompts: list, names: list[str], errors: list[dict]) -> dict:
     decode = replace(cfg.decode, tree=batch_tree(cfg.tree))
+    check_batch_memory(target, prompts, decode, cfg.batch_size, drafting=True)
     if cfg.tree.auto:
         tree = decode.tree
         tqdm.write(f"batch_size={cfg.batch_size}: tree=auto sizes one sequence's trees; a batch drafts "
                    f"{tree.depth}/{tree.top_k}/{tree.total_tokens} (the narrow preset)", file=sys.stderr)
-    check_batch_memory(target, prompts, decode, cfg.batch_size, drafting=True)
     warm = replace(decode, max_new_tokens=min(8, decode.max_new_tokens))
     oracle = drafter if isinstance(drafter, OracleDrafter) else None
     first = _answers(_timed(batch_generate(target, None, prompts[:1], warm, 1), 1)[0])  # one-off costs paid here

@@ -109,10 +109,14 @@ def check_batch_memory(target: LlavaTarget, prompts: list[Prompt], cfg: DecodeCo
     free = free_memory(target.device)
     if batch_size * per_row > 0.9 * free:
         fits = int(0.9 * free // per_row)
-        raise UserError(f"batch_size={batch_size} needs ~{batch_size * per_row / 2**30:.1f} GiB for its caches and "
-                        f"logits ({batch_size} rows x {positions} positions: the longest prompt + max_new_tokens + a tree), "
-                        f"more than the {free / 2**30:.1f} GiB free on {target.device}; "
+        raise UserError(f"batch_size={batch_size} needs ~{_size(batch_size * per_row)} for its caches and logits "
+                        f"({batch_size} rows x {positions} positions: the longest prompt + max_new_tokens + a tree), "
+                        f"more than the {_size(free)} free on {target.device}; "
                         + (f"batch_size={fits} fits" if fits else "lower max_new_tokens"))
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.0f} MiB"
 
 
 def free_memory(device: torch.device) -> int:
