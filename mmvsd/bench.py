@@ -303,8 +303,9 @@ def group_lines(report: dict) -> list[tuple[str, str]]:
     for label, table in (("turn", report["per_turn"] if len(report["per_turn"]) > 1 else {}),
                          ("topic", report["per_topic"])):
         for name, g in table.items():
-            rows.append((f"{label} {name}"[:20], f"{g['speedup']:.2f}x, tau {g['tau']:.2f}, "
-                                                 f"{g['tokens_per_answer']:.0f} tokens per answer ({g['answers']} answers)"))
+            tau = "no tree verified" if math.isnan(g["tau"]) else f"tau {g['tau']:.2f}"
+            rows.append((f"{label} {name}", f"{g['speedup']:.2f}x, {tau}, {g['tokens_per_answer']:.0f} tokens per answer "
+                                            f"({g['answers']} answers)"))
     return rows
 
 

@@ -96,3 +96,21 @@ def test_the_toy_mmspec_set_runs_offline_per_topic_and_turn(tmp_path, monkeypatc
     assert report["identical_outputs"] is True and not report["errors"]
     assert len(report["per_topic"]) == 4 and "2" in report["per_turn"]
     assert report["tau"] > 1.5  # the shipped drafter is accepted on the toy world's own questions
+
+
+def test_the_batch_gpu_check_script_runs_at_tiny_size_on_the_cpu(tmp_path):
+    """scripts/gpu_check_batch.sh is ready for a GPU machine: the same script, settings shrunk."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check_batch.sh"
+    env = {**os.environ, "TARGET": "tiny-random", "DEVICE": "cpu", "DTYPE": "float32", "PROMPT_CHARS": "120",
+           "N": "5", "MAX_NEW": "16", "SIZES": "1 3",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # its `python` is this one
+    result = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("identical outputs    yes") == 2
+    report = json.loads((tmp_path / "batch_3.json").read_text())
+    assert report["batch_size"] == 3 and report["identical_outputs"] is True and report["tau"] > 2

@@ -128,3 +128,131 @@ def test_mmvsd_eval_passes_a_tree_only_when_one_is_named_and_reports_it(argv, sh
     assert calls[1] == ("target=toy-m,drafter=eagle" if not argv else
                         "target=toy-m,drafter=eagle,tree.depth=6,tree.top_k=2,tree.total_tokens=10,tree.auto=False")
     assert (tmp_path / "report.md").read_text().splitlines()[0].endswith(shape)
+
+
+def with_batch_size(monkeypatch, size: str):
+    """run_lmms_eval, but with `--batch_size size` on lmms-eval's command line."""
+    from mmvsd.lmms import runner
+
+    real = subprocess.run
+
+    def run(command, **kwargs):
+        command = list(command)
+        command[command.index("--batch_size") + 1] = size
+        return real(command, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "run", run)
+
+
+def test_a_batch_of_requests_answers_each_as_batch_size_1_does(tmp_path, monkeypatch):
+    """--batch_size 3 over toy-s with its drafter: rows of different lengths joining and leaving,
+    and every answer, score and metric name that of --batch_size 1."""
+    build_datasets(tmp_path / "toy", seed=0, image_size=128, sizes={"train": 1, "validation": 1, "test": 3})
+    tasks = task_folder(tmp_path / "home", datasets=tmp_path / "toy")
+    names, args = ["mmvsd_describe", "mmvsd_vqav2"], "target=toy-s,drafter=toy-s-msd,tree=short"
+    one = run_lmms_eval(args, names, tasks, tmp_path / "one", limit=4)
+    with monkeypatch.context() as patch:
+        with_batch_size(patch, "3")
+        three = run_lmms_eval(args, names, tasks, tmp_path / "three", limit=4)
+    assert three["config"]["batch_size"] == "3" and three["answers"] == one["answers"]
+    assert three["results"] == one["results"]
+    assert len(set(map(len, one["answers"]["mmvsd_describe"]))) > 1  # answers of different lengths
+    assert "avg_tau" in three["throughput"] and "avg_acceptance_depth_6" in three["throughput"]
+
+
+@pytest.mark.parametrize("size", ["auto", "auto:4", "0", "2.5"])
+def test_a_batch_size_that_is_not_a_whole_number_is_refused_in_one_line(size, tmp_path, monkeypatch):
+    from mmvsd.lmms.model import parse_batch_size
+
+    with pytest.raises(UserError, match=rf"^--batch_size {size}: mmvsd takes a whole number .*; e.g. --batch_size 8$"):
+        parse_batch_size(size)
+    if size == "auto":  # through lmms-eval: refused before the target loads, the last line of its output
+        build_datasets(tmp_path / "toy", seed=0, image_size=128, sizes={"train": 1, "validation": 1, "test": 1})
+        tasks = task_folder(tmp_path / "home", datasets=tmp_path / "toy")
+        with_batch_size(monkeypatch, size)
+        with pytest.raises(UserError, match=r"UserError: --batch_size auto: mmvsd takes a whole number"):
+            run_lmms_eval("target=toy-s", ["mmvsd_pope"], tasks, tmp_path / "out", limit=1)
+
+
+def test_a_multi_round_task_is_one_conversation_whose_answers_are_the_targets(tmp_path):
+    """mmvsd_vqav2_dialogue (lmms-eval's generate_until_multi_round): the drafter's answers are the
+    target's, and each round's is what toy-s alone answers from a fresh prefill of the whole
+    conversation so far (image, questions, its own earlier answers): not from each question alone."""
+    import torch
+    from datasets import load_dataset
+    from lmms_eval.tasks.vqav2.utils import vqav2_doc_to_visual
+    from lmms_eval.utils import load_yaml_config
+
+    from mmvsd.config import DecodeConfig
+    from mmvsd.decoding.speculative import autoregressive_generate, collect_tokens
+    from mmvsd.lmms.tasks.dialogue import dialogue_doc_to_text, vqav2_conversations
+    from mmvsd.models import load_target
+    from mmvsd.models.chat import user_turn
+    from mmvsd.models.llava import Prompt
+
+    build_datasets(tmp_path / "toy", seed=0, image_size=128, sizes={"train": 1, "validation": 1, "test": 12})
+    tasks = task_folder(tmp_path / "home", datasets=tmp_path / "toy")
+    task = ["mmvsd_vqav2_dialogue"]
+    alone = run_lmms_eval("target=toy-s", task, tasks, tmp_path / "alone")
+    spec = run_lmms_eval("target=toy-s,drafter=toy-s-msd,tree=short", task, tasks, tmp_path / "spec")
+    assert spec["answers"] == alone["answers"] and spec["results"] == alone["results"]
+    assert "avg_tau" in spec["throughput"]
+
+    config = load_yaml_config(str(tasks / "mmvsd_vqav2_dialogue.yaml"), mode="simple")
+    kwargs, cfg = config["lmms_eval_specific_kwargs"]["default"], DecodeConfig(max_new_tokens=16)
+    docs = vqav2_conversations(load_dataset("parquet", data_files=str(tasks / "data" / "vqav2_test.parquet"))["train"])
+    target = load_target("toy-s")
+
+    def answer(ids: torch.Tensor, pixels: torch.Tensor) -> list[int]:
+        return collect_tokens(autoregressive_generate(target, Prompt(ids, pixels, ""), cfg))
+
+    conversations, alone_questions = [], []
+    for doc in docs:
+        image, questions = vqav2_doc_to_visual(doc)[0], [dialogue_doc_to_text(doc, kwargs)]
+        questions += [dialogue_doc_to_text(doc, kwargs, round_idx=k)[1] for k in range(1, len(doc["rounds"]))]
+        first = target.encode(image, questions[0], cfg.max_new_tokens)
+        ids, answers = first.input_ids, []
+        for k, question in enumerate(questions):
+            if k:  # the next user turn, after the answer and the EOS that closes it (the chat format's)
+                turn = target.tokenizer(user_turn(question.strip(), image=False), add_special_tokens=False)
+                ids = torch.cat([ids, ids.new_tensor(turn["input_ids"])])
+            tokens = answer(ids, first.pixel_values)
+            ids = torch.cat([ids, ids.new_tensor(tokens + ([] if tokens[-1] in target.eos_token_ids
+                                                           else [min(target.eos_token_ids)]))])
+            answers.append(target.decode(tokens).split("\n")[0].strip())
+        conversations.append(answers)
+        alone_questions.append([target.decode(answer(p.input_ids, p.pixel_values)).split("\n")[0].strip()
+                                for p in (target.encode(image, q, cfg.max_new_tokens) for q in questions)])
+    assert alone["answers"]["mmvsd_vqav2_dialogue"] == conversations
+    assert all(len(answers) == 2 for answers in conversations)  # every conversation went past its first round
+    assert conversations != alone_questions  # the earlier rounds changed an answer: they were in the context
+
+
+def test_a_row_that_cannot_be_encoded_is_refused_naming_its_task_and_doc(tiny_target, tmp_path, monkeypatch):
+    """Batched or not, a prompt too long for the context or an unreadable image stops the run with
+    one line naming the task and document (batched: before its batch decodes)."""
+    import random
+    import re
+    from types import SimpleNamespace
+
+    from conftest import random_image
+
+    from mmvsd.lmms import model
+
+    monkeypatch.setattr(model, "load_target", lambda *args: tiny_target)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    docs = [("what shape is it?", random_image(random.Random(0))), ("why? " * 3000, random_image(random.Random(1))),
+            ("what colour is it?", str(tmp_path / "broken.png"))]
+    gen_kwargs = {"max_new_tokens": 4, "until": ["\n"]}
+
+    def messages(doc):
+        return [{"role": "user", "content": [{"type": "image", "url": doc[1]}, {"type": "text", "text": doc[0]}]}]
+
+    for batch_size, shown in [("1", [0, 1]), ("3", [0, 1]), ("3", [0, 2])]:
+        plugin = model.Mmvsd(batch_size=batch_size, target="tiny-random")
+        plugin.task_dict = {"toy": {"test": docs}}
+        requests = [SimpleNamespace(args=("", messages, gen_kwargs, i, "toy", "test")) for i in shown]
+        bad = shown[1]
+        problem = "the prompt is too long: " if bad == 1 else re.escape(f"image {tmp_path / 'broken.png'}: ")
+        with pytest.raises(UserError, match=rf"^toy doc {bad}: {problem}[^\n]*$"):
+            plugin.generate_until(requests)

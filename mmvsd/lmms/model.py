@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
@@ -37,6 +38,7 @@ from mmvsd.decoding.speculative import (Dialogue, Step, autoregressive_generate,
                                         tree_chooser)
 from mmvsd.drafters import load_drafter
 from mmvsd.errors import UserError
+from mmvsd.images import load_image
 from mmvsd.models import load_target
 from mmvsd.models.llava import Prompt
 from mmvsd.threads import configure_threads
@@ -54,7 +56,7 @@ def manifests() -> ModelManifest:
 class _Request:
     """One generate_until request, read: its image and text, and where it came from (for errors)."""
 
-    image: object
+    image: object  # a PIL image, or a file path
     text: str
     gen_kwargs: dict
     where: str  # "TASK doc ID"
@@ -76,22 +78,24 @@ class Mmvsd(lmms):
         self.chooser = None  # tree=auto's, made at the first request (calibrated once per machine and drafter)
 
     def generate_until(self, requests) -> list[GenerationResult]:
-        reads = [self._read(request) for request in requests]
         if self.batch_size == 1:
-            return [self._answer(read) for read in reads]
+            return [self._answer(self._read(request)) for request in requests]
         # requests decode together only with the same settings; results go back in lmms-eval's order
         groups: dict[tuple, list[int]] = {}
-        for i, read in enumerate(reads):
-            cfg = self._decode_config(read.gen_kwargs)
-            key = (cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, tuple(read.gen_kwargs.get("until") or ()))
-            groups.setdefault(key, []).append(i)
-        results: list[GenerationResult | None] = [None] * len(reads)
+        for i, request in enumerate(requests):
+            groups.setdefault(self._settings(request.args[2]), []).append(i)
+        results: list[GenerationResult | None] = [None] * len(requests)
         for indices in groups.values():
             for start in range(0, len(indices), CHUNK * self.batch_size):
-                chunk = indices[start:start + CHUNK * self.batch_size]
-                for i, result in zip(chunk, self._answer_batch([reads[i] for i in chunk])):
+                chunk = indices[start:start + CHUNK * self.batch_size]  # images read a chunk at a time
+                for i, result in zip(chunk, self._answer_batch([self._read(requests[i]) for i in chunk])):
                     results[i] = result
         return results
+
+    def _settings(self, gen_kwargs: dict) -> tuple:
+        """What a request's generation settings decide: its answer's decoding and where it is cut."""
+        cfg = self._decode_config(gen_kwargs)
+        return cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k, tuple(gen_kwargs.get("until") or ())
 
     def _read(self, request) -> _Request:
         ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
@@ -104,12 +108,14 @@ class Mmvsd(lmms):
     def _decode_config(self, gen_kwargs: dict) -> DecodeConfig:
         return DecodeConfig(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or 128),
                             temperature=float(gen_kwargs.get("temperature", self.cfg.temperature) or 0.0),
-                            top_p=float(gen_kwargs.get("top_p") or self.cfg.top_p), seed=self.cfg.seed, tree=self.cfg.tree,
-                            top_k=int(gen_kwargs.get("top_k") or self.cfg.top_k))
+                            top_p=float(gen_kwargs.get("top_p") or self.cfg.top_p),
+                            top_k=int(gen_kwargs.get("top_k") or self.cfg.top_k),
+                            seed=self.cfg.seed, tree=self.cfg.tree)
 
     def _encode(self, read: _Request, max_new_tokens: int) -> Prompt:
-        try:
-            return self.target.encode(read.image, read.text, max_new_tokens)
+        try:  # a task may hand an image as a file path: read it with mmvsd's checks
+            image = load_image(read.image) if isinstance(read.image, (str, Path)) else read.image
+            return self.target.encode(image, read.text, max_new_tokens)
         except (UserError, OSError) as e:  # OSError: Pillow's, for image data it cannot decode
             raise UserError(f"{read.where}: {' '.join(str(e).split())}") from None
 
@@ -124,15 +130,15 @@ class Mmvsd(lmms):
         if self.drafter and cfg.tree.auto and self.chooser is None:  # before any prefill: it may use the target
             self.chooser = tree_chooser(self.target, self.drafter, prompt, cfg.tree)
         start = time.perf_counter()
-        steps = list(speculative_generate(self.target, self.drafter, prompt, cfg, self.chooser, dialogue) if self.drafter
-                     else autoregressive_generate(self.target, prompt, cfg, dialogue))
+        steps = list(speculative_generate(self.target, self.drafter, prompt, cfg, self.chooser, dialogue)
+                     if self.drafter else autoregressive_generate(self.target, prompt, cfg, dialogue))
         return steps, time.perf_counter() - start
 
     def _answer_batch(self, reads: list[_Request]) -> list[GenerationResult]:
         """Requests with the same settings, decoded `self.batch_size` at a time. Row b samples with
         seed + b (`batch_generate`), so sampled answers differ from batch size 1's; greedy ones do not."""
         cfg = replace(self._decode_config(reads[0].gen_kwargs), tree=batch_tree(self.cfg.tree))
-        prompts = [self._encode(read, cfg.max_new_tokens) for read in reads]  # a refused row stops the run before any decoding
+        prompts = [self._encode(read, cfg.max_new_tokens) for read in reads]  # a refused row stops the run here
         rows = min(self.batch_size, len(prompts))
         check_batch_memory(self.target, prompts, cfg, rows, drafting=self.drafter is not None)
         steps: list[list[Step]] = [[] for _ in prompts]
@@ -180,7 +186,7 @@ class Mmvsd(lmms):
         cfg = self._decode_config(read.gen_kwargs)
         prompt, dialogue, answers, info = self._encode(read, cfg.max_new_tokens), Dialogue(), [], None
         while True:
-            steps, seconds = self._generate(prompt, cfg, dialogue)
+            steps, seconds = self._generate(prompt, cfg, dialogue)  # the cache keeps the answer past a stop string
             answers.append(self._result(steps, seconds, read.gen_kwargs, cfg.tree.depth).text)
             payload = doc_to_messages(doc, round_idx=len(answers), previous_output=list(answers),
                                       previous_round_info=info)
