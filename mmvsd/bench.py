@@ -277,11 +277,27 @@ def summarize(cfg: BenchConfig, results: list[Result], errors: list[dict]) -> di
         "step_ms": phases,
         **metrics.engine_efficiency([r.baseline for r in results], [r.speculative for r in results]),
         **metrics.trees(s for r in results for s in r.speculative),
+        **serial_latency(results),
         "per_turn": groups(results, lambda r: r.turn),
         "per_topic": groups(results, lambda r: r.topic) if any(r.topic for r in results) else {},
         "per_input": [r.to_dict() for r in results],
         "config": asdict(cfg),
     }
+
+
+def serial_latency(results: list[Result]) -> dict:
+    """Latency and time to first token p50 / p90 per answer as if every request had arrived at the
+    start and each side served them one after another (what `batch_size=B` measures at B = 1)."""
+    out = {"latency_s": {}, "time_to_first_token_s": {}}
+    for side in ("baseline", "speculative"):
+        done, first, last = 0.0, [], []
+        for r in results:
+            steps = getattr(r, side)
+            first.append(done + steps[0].seconds)
+            done += getattr(r, f"{side}_s")
+            last.append(done)
+        out["latency_s"][side], out["time_to_first_token_s"][side] = metrics.percentiles(last), metrics.percentiles(first)
+    return out
 
 
 def groups(results: list[Result], key) -> dict[str, dict]:
@@ -325,6 +341,16 @@ def tree_line(report: dict) -> str:
     return f"{shape}: {report['tree_nodes']:.1f} tokens, {report['tree_depth']:.1f} deep on average{plain}"
 
 
+def latency_lines(report: dict, how: str) -> list[tuple[str, str]]:
+    """Per-request latency and time to first token p50 / p90, speculative (and the target alone's)."""
+    rows = []
+    for label, key in (("latency p50 / p90", "latency_s"), ("first token p50/p90", "time_to_first_token_s")):
+        spec, base = report[key]["speculative"], report[key]["baseline"]
+        rows.append((label, f"{spec['p50']:.2f} / {spec['p90']:.2f} s (target alone {base['p50']:.2f} / "
+                            f"{base['p90']:.2f} s; all requests at the start, {how})"))
+    return rows
+
+
 def identical_line(report: dict) -> str:
     if report["identical_outputs"] is not False:
         return {True: "yes", None: "n/a (sampling)"}[report["identical_outputs"]]
@@ -340,13 +366,15 @@ def print_report(report: dict) -> None:
     if report.get("batch_size", 1) > 1:
         from mmvsd.bench_batch import print_batched
 
-        return print_batched(report, [("identical outputs", identical_line(report)), ("tree", tree_line(report))])
+        return print_batched(report, [*latency_lines(report, f"{report['batch_size']} at a time"),
+                                      ("identical outputs", identical_line(report)), ("tree", tree_line(report))])
     steps = report["step_ms"]
     rows = [
         ("inputs", f"{report['n_prompts']} used, {len(report['errors'])} skipped"),
         ("target alone", f"{report['baseline_tokens_per_s']:.1f} tokens/s"),
         ("speculative", f"{report['speculative_tokens_per_s']:.1f} tokens/s"),
         ("speed-up", f"{report['speedup']:.2f}x (decoding alone, prefill excluded: {report['decode_speedup']:.2f}x)"),
+        *latency_lines(report, "one request after another"),
         ("tau (incl. bonus)", f"{report['tau']:.2f} tokens per target forward"),
         ("acceptance by depth", " ".join(f"{a:.2f}" for a in report["acceptance_by_depth"])),
         ("identical outputs", identical_line(report)),

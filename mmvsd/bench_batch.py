@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, replace
-from statistics import median, quantiles
 
 from tqdm import tqdm
 
@@ -28,7 +27,7 @@ def run_batched(cfg: BenchConfig, target, drafter, prompts: list, names: list[st
     if cfg.tree.auto:
         tree = decode.tree
         tqdm.write(f"batch_size={cfg.batch_size}: tree=auto sizes one sequence's trees; a batch drafts "
-                   f"{tree.depth}/{tree.top_k}/{tree.total_tokens} (the narrow preset)", file=sys.stderr)
+                   f"{tree.depth}/{tree.top_k}/{tree.total_tokens} (the short preset)", file=sys.stderr)
     warm = replace(decode, max_new_tokens=min(8, decode.max_new_tokens))
     oracle = drafter if isinstance(drafter, OracleDrafter) else None
     first = _answers(_timed(batch_generate(target, None, prompts[:1], warm, 1), 1)[0])  # one-off costs paid here
@@ -100,9 +99,9 @@ def summarize_batched(cfg: BenchConfig, decode, target, names: list[str], baseli
         "acceptance_by_depth": metrics.acceptance_by_depth(rows, decode.tree.depth),
         "baseline_tokens_per_s": base_tps,
         "speculative_tokens_per_s": spec_tps,
-        "latency_s": {side: _percentiles(times["last"]) for side, times in (("baseline", base_times),
+        "latency_s": {side: metrics.percentiles(times["last"]) for side, times in (("baseline", base_times),
                                                                             ("speculative", spec_times))},
-        "time_to_first_token_s": {side: _percentiles(times["first"]) for side, times in (("baseline", base_times),
+        "time_to_first_token_s": {side: metrics.percentiles(times["first"]) for side, times in (("baseline", base_times),
                                                                                          ("speculative", spec_times))},
         "identical_outputs": all(identical) if identical else None,
         "divergence": [{"input": names[i], "position": next((k for k, (a, b) in enumerate(zip(x, y)) if a != b),
@@ -126,24 +125,14 @@ def summarize_batched(cfg: BenchConfig, decode, target, names: list[str], baseli
     }
 
 
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    p90 = quantiles(seconds, n=10, method="inclusive")[-1] if len(seconds) > 1 else seconds[0]
-    return {"p50": median(seconds), "p90": p90}
-
-
 def print_batched(report: dict, rows: list[tuple[str, str]]) -> None:
-    """The bench table of a batched run (`rows`: the shared lines, identical outputs and the like)."""
-    lat, ttft = report["latency_s"], report["time_to_first_token_s"]
+    """The bench table of a batched run (`rows`: the shared lines: latency, identical outputs, tree)."""
     b = report["batch_size"]
     lines = [
         ("inputs", f"{report['n_prompts']} used, {len(report['errors'])} skipped; {b} at a time"),
         ("target alone", f"{report['baseline_tokens_per_s']:.1f} tokens/s in all (batched, batch_size={b})"),
         ("speculative", f"{report['speculative_tokens_per_s']:.1f} tokens/s in all"),
         ("speed-up", f"{report['speedup']:.2f}x throughput (decoding steps alone: {report['decode_speedup']:.2f}x)"),
-        ("latency p50 / p90", f"{lat['speculative']['p50']:.2f} / {lat['speculative']['p90']:.2f} s per request "
-                              f"(target alone {lat['baseline']['p50']:.2f} / {lat['baseline']['p90']:.2f} s)"),
-        ("first token p50/p90", f"{ttft['speculative']['p50']:.2f} / {ttft['speculative']['p90']:.2f} s "
-                                f"(target alone {ttft['baseline']['p50']:.2f} / {ttft['baseline']['p90']:.2f} s)"),
         ("tau (incl. bonus)", f"{report['tau']:.2f} tokens per row per target forward"),
         ("acceptance by depth", " ".join(f"{a:.2f}" for a in report["acceptance_by_depth"])),
         *rows,

@@ -9,7 +9,7 @@ steps whose accepted path reached depth d (unconditional, as vLLM counts it).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from statistics import median
+from statistics import median, quantiles
 
 from mmvsd.decoding.speculative import Step
 
@@ -47,6 +47,12 @@ def trees(steps: Iterable[Step]) -> dict[str, float]:
 
 def tokens_per_second(n_tokens: int, seconds: float) -> float:
     return n_tokens / seconds if seconds > 0 else float("nan")
+
+
+def percentiles(seconds: Sequence[float]) -> dict[str, float]:
+    """p50 and p90 (inclusive quantiles) of per-request times."""
+    p90 = quantiles(seconds, n=10, method="inclusive")[-1] if len(seconds) > 1 else seconds[0]
+    return {"p50": median(seconds), "p90": p90}
 
 
 def median_ms(values: Sequence[float]) -> float:

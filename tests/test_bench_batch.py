@@ -71,6 +71,8 @@ def test_a_conversation_is_answered_turn_by_turn_and_reported_per_turn_and_topic
     assert [r["turn"] for r in turns] == [1, 2, 3] and turns[1]["input"].endswith("turn 2")
     assert turns[1]["prompt_tokens"] > turns[0]["prompt_tokens"]  # later turns start after the earlier ones
     assert "turn 2" in stdout and "topic multi-turn" in stdout
+    latency = report["latency_s"]["speculative"]  # one request after another, from the start
+    assert report["time_to_first_token_s"]["speculative"]["p50"] <= latency["p50"] <= latency["p90"]
 
 
 def test_a_cut_data_file_says_so(tmp_path, capsys):
