@@ -107,7 +107,9 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     (["temperature=-1"], "temperature must be >= 0"),
     (["top_p=0"], "top_p must be in"),
     (["tree.depth=0"], "tree.depth must be >= 1"),
-    (["n=0"], "n must be >= 1"),
+    (["n=-1"], "n must be >= 0"),
+    (["batch_size=0"], "batch_size must be >= 1"),
+    (["batch_size=2", "assistant=tiny-random"], "use batch_size=1"),
     (["dtype=float64"], "dtype must be one of"),
 ])
 def test_bench_config_validation(argv, message):

@@ -164,3 +164,42 @@ def test_the_divergence_report_reads_an_image_token_id_in_the_answer_as_a_token(
     assert report["top2_margin"] == pytest.approx(float(top[0] - top[1]), abs=1e-4)
     answer[1] = tiny_target.image_token_id
     assert math.isfinite(bench.first_divergence(tiny_target, prompt, answer + [3], answer + [4])["top2_margin"])
+
+
+def test_every_turn_of_a_conversation_equals_generate_on_the_conversation_so_far(tiny_target, rng):
+    """Three turns about one image, the cache kept between them: each turn's greedy answer equals
+    the target alone's and `generate(do_sample=False)` on the whole conversation so far (answers
+    closed with EOS, as the chat format writes them). The first turn is cut by max_new_tokens
+    inside a fully accepted oracle chain, so the cache holds accepted tokens past the answer's end
+    that the next turn must not see."""
+    from mmvsd.decoding.speculative import Dialogue
+
+    target = tiny_target
+    image = random_image(rng)
+    questions = ["describe the image", "what colour is it?", "and the shape?"]
+    budgets = [5, 6, 4]  # a chain of 6 accepted whole: the first turn's budget ends inside it
+    eos = min(target.eos_token_ids)
+
+    def turns(run) -> list[list[int]]:
+        dialogue, answers = Dialogue(), []
+        for i, (question, budget) in enumerate(zip(questions, budgets)):
+            prompt = target.encode(image, question, budget) if i == 0 else target.encode_turn(question, budget)
+            answers.append(collect_tokens(run(prompt, DecodeConfig(max_new_tokens=budget, tree=TreeConfig(6, 1, 6)),
+                                              dialogue)))
+        return answers
+
+    alone = turns(lambda prompt, cfg, dialogue: autoregressive_generate(target, prompt, cfg, dialogue))
+    oracle = OracleDrafter(target.vocab_size)
+    oracle.expect(alone[0])
+    spec = turns(lambda prompt, cfg, dialogue: speculative_generate(target, oracle, prompt, cfg, None, dialogue))
+    assert spec == alone
+    first = target.encode(image, questions[0], budgets[0])
+    ids = first.input_ids.tolist()
+    for i in range(1, len(questions)):
+        ids += alone[i - 1] + ([] if alone[i - 1][-1] in target.eos_token_ids else [eos])
+        ids += target.tokenizer(f"USER: {questions[i]} ASSISTANT:", add_special_tokens=False)["input_ids"]
+        x = torch.tensor([ids])
+        out = target.model.generate(input_ids=x, pixel_values=first.pixel_values, attention_mask=torch.ones_like(x),
+                                    do_sample=False, max_new_tokens=budgets[i], pad_token_id=0)[0, x.shape[1]:].tolist()
+        cut = next((k + 1 for k, t in enumerate(out) if t in target.eos_token_ids), len(out))
+        assert out[:cut] == alone[i], f"turn {i + 1}"

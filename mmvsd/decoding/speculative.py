@@ -94,6 +94,8 @@ class Dialogue:
     state: Any = None
     hidden: torch.Tensor | None = None
     kept: torch.Tensor | None = None
+    auto: AutoTree | None = None  # tree=auto's chooser, made at the first turn (later ones must not recalibrate:
+    #                               calibrating runs the target, whose cache holds the conversation)
 
     @property
     def started(self) -> bool:
@@ -127,7 +129,7 @@ def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt, 
     if not cfg.tree.auto:
         auto = None
     elif auto is None:
-        auto = tree_chooser(target, drafter, prompt, cfg.tree)
+        auto = dialogue.auto if dialogue is not None and dialogue.auto else tree_chooser(target, drafter, prompt, cfg.tree)
     shape = auto or cfg.tree
     clock = _Clock(target.device)
     logits, hidden, ids, prefill = _open(target, prompt, dialogue)  # [V], [T, H], [T]
@@ -178,6 +180,7 @@ def speculative_generate(target: LlavaTarget, drafter: Drafter, prompt: Prompt, 
     if dialogue is not None:  # the conversation goes on from the answer's last token: forget what came after it
         target.commit(past_end, torch.arange(0))  # of the last `past_end` cached positions, keep none
         dialogue.state, dialogue.hidden, dialogue.kept = state, hidden[:len(hidden) - past_end], kept[:len(kept) - past_end]
+        dialogue.auto = auto
 
 
 def tree_chooser(target: LlavaTarget, drafter: Drafter, prompt: Prompt, tree: TreeConfig) -> AutoTree:
