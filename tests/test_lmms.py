@@ -256,3 +256,38 @@ def test_a_row_that_cannot_be_encoded_is_refused_naming_its_task_and_doc(tiny_ta
         problem = "the prompt is too long: " if bad == 1 else re.escape(f"image {tmp_path / 'broken.png'}: ")
         with pytest.raises(UserError, match=rf"^toy doc {bad}: {problem}[^\n]*$"):
             plugin.generate_until(requests)
+
+
+def test_two_processes_answer_every_document_once_as_one_process_does(tmp_path):
+    """torchrun with 2 CPU processes (gloo): lmms-eval gives each its share of the documents through
+    the plugin's rank and world size; every document is answered exactly once, with the scores and
+    answers of a 1-process run, target alone and with a drafter, and the speed metrics cover both
+    processes' requests."""
+    build_datasets(tmp_path / "toy", seed=0, image_size=128, sizes={"train": 1, "validation": 1, "test": 3})
+    tasks = task_folder(tmp_path / "home", datasets=tmp_path / "toy")
+    chosen = ["mmvsd_vqav2", "mmvsd_pope"]
+    one = run_lmms_eval("target=tiny-random", chosen, tasks, tmp_path / "one", limit=5)
+    two = run_lmms_eval("target=tiny-random", chosen, tasks, tmp_path / "two", limit=5, processes=2)
+    spec = run_lmms_eval("target=tiny-random,drafter=eagle,tree=narrow", chosen, tasks, tmp_path / "spec", limit=5,
+                         processes=2)
+    for task, metric in zip(chosen, ["exact_match,none", "pope_accuracy,none"]):
+        for run in (two, spec):
+            assert run["n-samples"][task]["effective"] == 5 and len(run["answers"][task]) == 5
+            assert run["results"][task][metric] == one["results"][task][metric]
+            assert run["answers"][task] == one["answers"][task]
+    assert two["throughput"]["total_gen_tokens"] == one["throughput"]["total_gen_tokens"]  # both processes' requests
+    assert spec["throughput"]["total_gen_tokens"] == one["throughput"]["total_gen_tokens"]
+
+
+def test_processes_launch_through_torchrun_on_cpus_and_zero_is_refused(monkeypatch, capsys):
+    from mmvsd import cli
+    from mmvsd.lmms import report
+    from mmvsd.lmms.runner import launcher
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert launcher(1) == [sys.executable]
+    command = launcher(2)
+    assert command[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    assert cli.run(report.RunConfig, report.main, "mmvsd eval", report.__doc__, ["processes=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "processes must be >= 1, got 0" in err

@@ -20,13 +20,19 @@ otherwise score a silent empty answer as wrong.
 
 from __future__ import annotations
 
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+from accelerate import Accelerator
+from torch import distributed as dist
+
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
-from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from lmms_eval.models.model_utils.gen_metrics import _record_metrics, get_logged_metrics_history, log_metrics
 from lmms_eval.models.registry_v2 import ModelManifest
 from lmms_eval.protocol import ChatMessages
 
@@ -70,14 +76,33 @@ class Mmvsd(lmms):
         self.batch_size = parse_batch_size(batch_size)
         # model_args are the bench's key=value settings (lmms-eval has already typed them: back to text)
         self.cfg = cli.parse(LmmsConfig, [f"{key}={value}" for key, value in model_args.items()])
-        check_device(self.cfg.device)  # every setting checked before the target is loaded
+        # Under torchrun / accelerate launch each process answers its share of the documents (lmms-eval
+        # splits them by rank) on a device of its own, with its share of the cores (configure_threads)
+        self._rank, self._world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        device = process_device(self.cfg.device, int(os.environ.get("LOCAL_RANK", 0)), self._world_size)
+        check_device(device)  # every setting checked before the target is loaded
         configure_threads(self.cfg.threads)
-        self.target = load_target(self.cfg.target, self.cfg.dtype, self.cfg.device, self.cfg.download,
+        if self._world_size > 1:  # the process group lmms-eval gathers results through (gloo on CPUs)
+            self.accelerator = Accelerator(cpu=device == "cpu")
+        self.target = load_target(self.cfg.target, self.cfg.dtype, device, self.cfg.download,
                                   self.cfg.target_layers, self.cfg.vision_layers)
         self.drafter = load_drafter(self.cfg.drafter, self.target, self.cfg.seed) if self.cfg.drafter else None
         self.chooser = None  # tree=auto's, made at the first request (calibrated once per machine and drafter)
 
+    @property
+    def device(self) -> torch.device:
+        return self.target.device
+
     def generate_until(self, requests) -> list[GenerationResult]:
+        # lmms-eval pads the processes' shares to one length with copies whose answers it drops:
+        # they are answered empty, unseen by the speed metrics
+        real = [request for request in requests if not _padding(request)]
+        with combined_metrics(self._world_size):
+            answers = iter(self._generate_until(real))
+        return [GenerationResult(text="", token_counts=TokenCounts(output_tokens=0)) if _padding(request)
+                else next(answers) for request in requests]
+
+    def _generate_until(self, requests) -> list[GenerationResult]:
         if self.batch_size == 1:
             return [self._answer(self._read(request)) for request in requests]
         # requests decode together only with the same settings; results go back in lmms-eval's order
@@ -158,7 +183,8 @@ class Mmvsd(lmms):
             if stop and stop in answer:
                 answer = answer[: answer.index(stop)]
         extra = {}
-        if self.drafter:  # averaged over requests by lmms-eval: avg_tau, avg_acceptance_depth_1, ...
+        if self.drafter and metrics.verify_steps(steps):  # averaged over requests by lmms-eval: avg_tau, ...
+            # (an answer that verified no tree, decoded plainly under tree=auto, has no tau to average in)
             by_depth = metrics.acceptance_by_depth(steps, depth)
             extra = {"tau": metrics.tau(steps), **{f"acceptance_depth_{d + 1}": a for d, a in enumerate(by_depth)}}
         log_metrics(total_elapsed_time=seconds, total_gen_tokens=len(tokens),
@@ -177,7 +203,8 @@ class Mmvsd(lmms):
         each round afresh, mmvsd asks it within the conversation: the image and every earlier
         question and answer stay in the target's cache (`Dialogue`), so a round is a new user turn.
         Conversations go one at a time, whatever --batch_size."""
-        return [self._conversation(request) for request in requests]
+        with combined_metrics(self._world_size):
+            return [[] if _padding(request) else self._conversation(request) for request in requests]
 
     def _conversation(self, request) -> list[str]:
         ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
@@ -202,6 +229,33 @@ class Mmvsd(lmms):
                 prompt = self.target.encode_turn(text, cfg.max_new_tokens)
             except UserError as e:
                 raise UserError(f"{where}: {e}") from None
+
+
+def _padding(request) -> bool:
+    return bool((getattr(request, "metadata", None) or {}).get("__padding_only__"))
+
+
+def process_device(device: str, local_rank: int, world_size: int) -> str:
+    """This process's device: `cuda` becomes `cuda:<local rank>` when processes share a machine's
+    GPUs; a CPU stays the CPU."""
+    return f"cuda:{local_rank}" if world_size > 1 and device == "cuda" else device
+
+
+@contextmanager
+def combined_metrics(world_size: int):
+    """Each process logs its own requests' speed metrics; lmms-eval reports the first process's
+    log alone. On leaving, every process's new entries are gathered into the first's, so the
+    report's totals and averages cover every request (tokens over time: weighted by tokens)."""
+    before = len(get_logged_metrics_history())
+    yield
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        mine = get_logged_metrics_history()[before:]
+        everyone = [None] * world_size
+        dist.all_gather_object(everyone, mine)
+        if dist.get_rank() == 0:  # recorded, not logged again (lmms-eval 0.7.3's recorder, pinned)
+            for entry in (entry for entries in everyone[1:] for entry in entries):
+                speed = {key: entry.pop(key) for key in ("total_elapsed_time", "total_gen_tokens", "avg_speed")}
+                _record_metrics(**speed, additional_metrics=entry)
 
 
 def parse_batch_size(value: int | str) -> int:

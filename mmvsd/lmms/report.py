@@ -34,16 +34,22 @@ class RunConfig:
     drafters: list[str] = opt(["runs/toy_msd/drafter"], "drafter folders or kinds")
     tasks: list[str] = opt(list(METRICS), "lmms-eval tasks (the *_hub ones read lmms-lab's datasets)")
     limit: int = opt(50, "documents per task (0 = all)")
+    processes: int = opt(1, "lmms-eval processes dividing the documents (torchrun on CPUs, accelerate launch with "
+                            "one GPU each)")
     tree: TreeConfig = opt(TreeConfig.presets()["auto"], "draft tree shape")
     out: str = opt("eval/lmms", "folder for report.md, acceptance_by_depth.png, summary.json and the raw runs")
     dry_run: bool = opt(False, "print the resolved config and exit")
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise UserError(f"processes must be >= 1, got {self.processes}")
 
 
 def evaluate(cfg: RunConfig, name: str, model_args: str, tasks: Path) -> dict:
     from mmvsd.lmms.runner import run_lmms_eval
 
     print(f"lmms-eval: {name}", file=sys.stderr, flush=True)
-    return run_lmms_eval(model_args, cfg.tasks, tasks, Path(cfg.out) / "runs" / name, cfg.limit)
+    return run_lmms_eval(model_args, cfg.tasks, tasks, Path(cfg.out) / "runs" / name, cfg.limit, cfg.processes)
 
 
 def main(cfg: RunConfig) -> None:
