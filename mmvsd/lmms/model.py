@@ -192,7 +192,8 @@ class Mmvsd(lmms):
         return GenerationResult(text=answer.strip(), token_counts=TokenCounts(output_tokens=len(tokens)))
 
     def loglikelihood(self, requests):
-        raise NotImplementedError("mmvsd generates; loglikelihood tasks are not supported")
+        raise UserError("mmvsd generates answers; loglikelihood tasks (multiple choice scored by likelihood) are "
+                        "not supported: choose a generate_until task")
 
     def generate_until_multi_round(self, requests) -> list[list[str]]:
         """Each request's answers, round by round (lmms-eval 0.7.3's chat protocol, as its vllm

@@ -52,8 +52,9 @@ def task_folder(home: Path | None = None, datasets: Path | None = None, log=prin
 
 def check_task_data(tasks: list[str], folder: Path) -> None:
     """Before lmms-eval starts (it would fail deep inside `datasets`, naming a path): a toy task
-    whose data is not beside its YAML file, or, offline, a `*_hub` task whose dataset is not in the
-    local Hugging Face cache, is refused in one line that says what to run."""
+    whose data is not beside its YAML file, or, offline, a `*_hub` task or one of lmms-eval's own
+    (pope, chartqa, vqav2_val, ...) whose dataset is not in the local Hugging Face cache, is refused
+    in one line that says what to run."""
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "")
     for task in tasks:
         toy = folder / f"{task}.yaml"
@@ -62,14 +63,20 @@ def check_task_data(tasks: list[str], folder: Path) -> None:
             if missing:
                 raise UserError(f"{task}: {folder / missing[0]} does not exist; run `python -m mmvsd.zoo tasks` and "
                                 "pass the folder it prints as the include path")
-        hub = folder / "hub" / f"{task}.yaml"
-        if not (offline and hub.is_file()):
             continue
-        dataset = _read_task(hub)["dataset_path"]
-        if not _in_hf_cache(dataset):
-            raise UserError(f"{task} needs the Hugging Face dataset {dataset}, which is not in the local cache and "
-                            f"HF_HUB_OFFLINE is set; fetch it once where there is network (huggingface-cli download "
-                            f"--repo-type dataset {dataset}) or run the toy task {task.removesuffix('_hub')}")
+        if not offline:
+            continue
+        hub = folder / "hub" / f"{task}.yaml"
+        config = _read_task(hub) if hub.is_file() else _lmms_eval_task(task)
+        if config is None or not _is_hub_dataset(config):
+            continue
+        dataset, name = config["dataset_path"], config.get("dataset_name")
+        if not _in_hf_cache(dataset, name):
+            load = f"datasets.load_dataset('{dataset}'" + (f", '{name}'" if name else "") + ")"
+            instead = f" or run the toy task {task.removesuffix('_hub')}" if hub.is_file() else ""
+            raise UserError(f"{task} needs the Hugging Face dataset {dataset}" + (f" ({name})" if name else "") +
+                            f", which is not in the local datasets cache and HF_HUB_OFFLINE is set; load it once "
+                            f"where there is network (python -c \"import datasets; {load}\"){instead}")
 
 
 def _read_task(path: Path) -> dict:
@@ -79,10 +86,43 @@ def _read_task(path: Path) -> dict:
     return yaml.load(path.read_text(), Loader=loader)
 
 
-def _in_hf_cache(dataset: str) -> bool:
+def _lmms_eval_task(task: str) -> dict | None:
+    """The keys of lmms-eval's own task `task` (its `include`d template's below its own), when its
+    YAML is named after it (pope.yaml, chartqa.yaml, vqav2_val.yaml, vqav2_val_lite.yaml, ...)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("lmms_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations))) / "tasks"
+    for path in sorted(root.glob(f"*/{task}.yaml")):
+        config = _read_task(path)
+        if isinstance(config, dict) and config.get("task") == task:
+            include = config.get("include")
+            base = _read_task(path.parent / include) if include and (path.parent / include).is_file() else {}
+            return {**(base if isinstance(base, dict) else {}), **config}
+    return None
+
+
+def _is_hub_dataset(config: dict) -> bool:
+    """A dataset that `datasets.load_dataset` fetches from the hub (not a local path, not a video task's download)."""
+    path, kwargs = config.get("dataset_path"), config.get("dataset_kwargs") or {}
+    return isinstance(path, str) and path.count("/") == 1 and not Path(path).exists() and \
+        not {"video", "load_from_disk", "From_YouTube", "data_files", "builder_script"} & set(kwargs)
+
+
+def _in_hf_cache(dataset: str, name: str | None = None) -> bool:
+    """Whether offline `datasets.load_dataset(dataset, name)` finds it: datasets 5 then reads only the
+    datasets prepared under the datasets cache (lmms-eval's: $LMMS_EVAL_DATASETS_CACHE, else
+    $HF_DATASETS_CACHE, else $HF_HOME/datasets), as <owner>___<snake_case name>/<config>/<version>/<hash>."""
+    from datasets.naming import camelcase_to_snakecase
     from huggingface_hub import constants
 
-    owner_name = dataset.replace("/", "--")
-    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME) / "datasets"))
-    return (Path(constants.HF_HUB_CACHE) / f"datasets--{owner_name}").is_dir() or \
-        any(datasets_cache.glob(f"{dataset.replace('/', '___')}*"))
+    home = Path(os.environ.get("HF_HOME", constants.HF_HOME)).expanduser()
+    cache = Path(os.environ.get("LMMS_EVAL_DATASETS_CACHE", "").strip() or
+                 os.environ.get("HF_DATASETS_CACHE", home / "datasets")).expanduser()
+    owner, repo = dataset.split("/")
+    prepared = cache / f"{owner}___{camelcase_to_snakecase(repo)}"
+    # A hub download (`datasets--owner--name` in the hub cache) is still taken as being there, as before
+    return any(prepared.glob(f"{name or '*'}/*/*/dataset_info.json")) or \
+        (Path(constants.HF_HUB_CACHE) / f"datasets--{owner}--{repo}").is_dir()
