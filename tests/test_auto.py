@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import random_image, random_prompt
 
-from mmvsd import cli
+from mmvsd import cli, metrics
 from mmvsd.config import BenchConfig, DecodeConfig, TreeConfig
 from mmvsd.decoding import TreeGrower, autoregressive_generate, collect_tokens, speculative_generate
 from mmvsd.decoding.auto import AutoTree
@@ -99,6 +99,32 @@ def test_a_drafter_that_is_always_wrong_sends_the_loop_to_plain_decoding(tiny_ta
     trees = [i for i, s in enumerate(steps[1:]) if s.tree is not None]
     assert len(trees) <= 2 and len(steps) - 1 - len(trees) >= 40  # a probe or two, the rest plain
     assert chooser.waited >= 16  # 4, 8, 16, ...: each failed probe doubles the wait
+
+
+def test_trees_that_failed_on_short_answers_do_not_keep_a_long_answer_from_drafting(tiny_target, rng):
+    """A session mixing answers (lmms-eval runs VQA, POPE and descriptions in one): trees fail on
+    short answers and the wait grows past a long answer's length; the long answer still tries a
+    tree once it is PROBE_AT tokens in, and keeps drafting when trees pay there."""
+    from mmvsd.decoding.auto import PROBE_AT
+
+    prompt = tiny_target.encode(random_image(rng), random_prompt(rng))
+    long_cfg = DecodeConfig(max_new_tokens=40, tree=AUTO)
+    answer = collect_tokens(autoregressive_generate(tiny_target, prompt, long_cfg))
+    chooser = AutoTree(flat_costs(draft_root=0.1, draft_level=0.05), AUTO.top_k, AUTO.depth, AUTO.total_tokens)
+    wrong = OracleDrafter(tiny_target.vocab_size, accept=1e-9, seed=0)
+    for _ in range(200):  # short answers whose trees never hit, until the wait outlasts the long answer
+        wrong.expect(answer)
+        list(speculative_generate(tiny_target, wrong, prompt, DecodeConfig(max_new_tokens=6, tree=AUTO), chooser))
+        if chooser.wait > 40:
+            break
+    assert chooser.wait > 40
+    right = OracleDrafter(tiny_target.vocab_size, accept=1.0)
+    right.expect(answer)
+    steps = list(speculative_generate(tiny_target, right, prompt, long_cfg, chooser))
+    assert collect_tokens(steps) == answer
+    first_tree = next(sum(len(s.tokens) for s in steps[:i]) for i, s in enumerate(steps) if s.tree is not None)
+    assert first_tree == PROBE_AT  # plain until PROBE_AT tokens, then a tree
+    assert sum(s.tree is not None for s in steps) >= 3 and metrics.tau(steps) > 3  # and trees from then on
 
 
 def test_a_session_of_one_word_answers_stops_drafting_and_a_long_one_keeps_it(tiny_target, rng):

@@ -13,7 +13,11 @@ included.
 
 Whether to draft at all: a tree that cannot beat plain decoding sends the loop to plain decoding
 for a while (the wait doubling each time a tree fails again, so an always-wrong drafter costs a
-few probes per answer at most). And a sequence's first tree takes in all of its prompt's pairs,
+few probes per answer at most). A wait begun in an earlier answer gives way to one tree once an
+answer reaches `PROBE_AT` tokens: in a session that mixes one-word answers with long ones, trees
+fail on the short ones (their first word missed) and would otherwise leave the long ones decoded
+plainly; a session of short answers never reaches it, and an always-wrong drafter pays one tree
+per long answer. And a sequence's first tree takes in all of its prompt's pairs,
 which only pays when the answer goes on long enough: judged from the lengths of this session's
 earlier answers, so a session of one-word answers stops drafting after its first.
 """
@@ -30,6 +34,7 @@ DECAY = 0.9  # per observed step, of the evidence per depth: the last ~10 steps 
 PRIOR = 1.0  # pseudo-count of the evidence: until it arrives, the drafter's probabilities are trusted
 SMOOTHING = 0.3  # weight of the newest step in the running speed-up estimate
 FIRST_WAIT, LONGEST_WAIT = 4, 256  # plain steps before a tree is tried again, and the most that grows to
+PROBE_AT = 8  # tokens into an answer at which a wait begun in an earlier answer gives way to one tree
 HOPED_SPEEDUP = 2.0  # what a sequence's first tree is expected to win per token, until a tree has paid
 LENGTHS_KEPT = 16  # earlier answers whose lengths predict how long this one goes on
 ROW_REUSE = 16  # positions the context may grow before verification costs are looked up again
@@ -49,6 +54,7 @@ class AutoTree:
         self.speedup: float | None = None  # running estimate of a tree step's speed over plain decoding's
         self.paid = HOPED_SPEEDUP  # the estimate when trees last paid
         self.wait = self.waited = 0  # plain steps left before the next tree, and the length of the last wait
+        self.answers = self.wait_began = 0  # answers ended so far, and how many had when the wait began
         self.tau = 1.0 + HOPED_SPEEDUP  # running tokens per tree step
         # One two-token answer seen: until real ones are, a sequence's first step decodes plainly, as
         # a one-word answer would end there (after it, with no known answer as long, trees are drafted).
@@ -64,6 +70,8 @@ class AutoTree:
         self.context, self.levels = context, 0
         if abs(context - self.verify_at[0]) >= ROW_REUSE:  # interpolated once, not at every node of every level
             self.verify_at = self._verify_row(context)
+        if self.wait and emitted >= PROBE_AT and self.wait_began < self.answers:  # once per answer (see above)
+            self.wait, self.wait_began = 0, self.answers
         if self.wait:
             self.wait -= 1
             return False
@@ -93,10 +101,12 @@ class AutoTree:
             self.waited, self.paid = 0, max(self.speedup, 1.0 + 1e-3)
         else:
             self.waited = self.wait = min(LONGEST_WAIT, 2 * self.waited or FIRST_WAIT)
+            self.wait_began = self.answers
 
     def finish(self, length: int) -> None:
         """An answer of `length` tokens ended."""
         self.lengths.append(length)
+        self.answers += 1
 
     def _remaining(self, emitted: int, budget: int) -> float:
         """Expected tokens still to come: from the earlier answers that went on past `emitted`
