@@ -3,7 +3,6 @@ tasks on toy-world data; speculative answers and scores equal the target's own. 
 fails unless lmms-eval wrote results for every task (its CLI exits 0 on failure)."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
