@@ -162,7 +162,7 @@ def conversation(cfg: BenchConfig, target, drafter, auto, request: Request, prom
         divergence = None
         if identical is False:
             divergence = (first_divergence(target, this, base_tokens, spec_tokens) if turn == 0
-                          else {"position": _first_difference(base_tokens, spec_tokens), "top2_margin": float("nan")})
+                          else {"position": first_difference(base_tokens, spec_tokens), "top2_margin": float("nan")})
         name = f"{request.name} turn {turn + 1}" if multi else request.name
         results.append(Result(name, request.turns[turn], context, target.decode(spec_tokens), identical, divergence,
                               metrics.tau(speculative), baseline_s, speculative_s, baseline, speculative, turn + 1,
@@ -175,7 +175,7 @@ def first_divergence(target, prompt, base: list[int], spec: list[int]) -> dict:
     between the target's top two logits there (recomputed: the prompt, then the common prefix in
     one chain forward): a margin at or near 0 is a tie that the batch shape of a low-precision
     forward can flip."""
-    i = _first_difference(base, spec)
+    i = first_difference(base, spec)
     logits = target.prefill(prompt).logits
     if i > 0:  # the answer's tokens go in as tokens (an image token id among them is just a token)
         logits = target.forward(torch.tensor(base[:i]), torch.arange(i))[0][-1]
@@ -184,7 +184,7 @@ def first_divergence(target, prompt, base: list[int], spec: list[int]) -> dict:
             "speculative_token": spec[i] if i < len(spec) else None, "top2_margin": float(top[0] - top[1])}
 
 
-def _first_difference(base: list[int], spec: list[int]) -> int:
+def first_difference(base: list[int], spec: list[int]) -> int:
     return next((k for k, (a, b) in enumerate(zip(base, spec)) if a != b), min(len(base), len(spec)))
 
 
@@ -319,11 +319,24 @@ def identical_line(report: dict) -> str:
 
 
 def print_report(report: dict) -> None:
+    title = f"mmvsd bench: target={report['target']} drafter={report['drafter']}"
     if report.get("batch_size", 1) > 1:
-        from mmvsd.bench_batch import print_batched
+        from mmvsd.bench_batch import batched_rows
 
-        return print_batched(report, [*latency_lines(report, f"{report['batch_size']} at a time"),
-                                      ("identical outputs", identical_line(report)), ("tree", tree_line(report))])
+        title += f" batch_size={report['batch_size']}"
+        rows = batched_rows(report, [*latency_lines(report, f"{report['batch_size']} at a time"),
+                                     ("identical outputs", identical_line(report)), ("tree", tree_line(report))])
+    else:
+        rows = report_rows(report)
+    print(title)
+    for label, value in rows:
+        print(f"  {label:<20} {value}")
+    for error in report["errors"]:
+        print(f"  skipped: {error['error']}")
+
+
+def report_rows(report: dict) -> list[tuple[str, str]]:
+    """The table of a run at batch size 1."""
     steps = report["step_ms"]
     rows = [
         ("inputs", f"{report['n_prompts']} used, {len(report['errors'])} skipped"),
@@ -350,11 +363,7 @@ def print_report(report: dict) -> None:
                                         f"{peer['speedup_vs_target_alone']:.2f}x vs target alone, "
                                         f"{peer['speedup_vs_generate']:.2f}x vs plain generate "
                                         f"({peer['generate_tokens_per_s']:.1f} tokens/s)"))
-    print(f"mmvsd bench: target={report['target']} drafter={report['drafter']}")
-    for label, value in rows:
-        print(f"  {label:<20} {value}")
-    for error in report["errors"]:
-        print(f"  skipped: {error['error']}")
+    return rows
 
 
 def main(cfg: BenchConfig) -> None:

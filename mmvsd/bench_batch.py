@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from tqdm import tqdm
 
 from mmvsd import metrics
+from mmvsd.bench import first_difference
 from mmvsd.config import BenchConfig, is_greedy
 from mmvsd.decoding.batch import BatchStep, batch_generate, batch_tree, check_batch_memory
 from mmvsd.decoding.speculative import PHASES, Step
@@ -104,8 +105,7 @@ def summarize_batched(cfg: BenchConfig, decode, target, names: list[str], baseli
         "time_to_first_token_s": {side: metrics.percentiles(times["first"]) for side, times in (("baseline", base_times),
                                                                                          ("speculative", spec_times))},
         "identical_outputs": all(identical) if identical else None,
-        "divergence": [{"input": names[i], "position": next((k for k, (a, b) in enumerate(zip(x, y)) if a != b),
-                                                              min(len(x), len(y))), "top2_margin": float("nan")}
+        "divergence": [{"input": names[i], "position": first_difference(x, y), "top2_margin": float("nan")}
                        for i, (x, y, same) in enumerate(zip(base_answers, spec_answers, identical)) if not same],
         "n_prompts": len(names),
         "errors": errors,
@@ -125,10 +125,11 @@ def summarize_batched(cfg: BenchConfig, decode, target, names: list[str], baseli
     }
 
 
-def print_batched(report: dict, rows: list[tuple[str, str]]) -> None:
-    """The bench table of a batched run (`rows`: the shared lines: latency, identical outputs, tree)."""
+def batched_rows(report: dict, rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The bench table of a batched run (`rows`: the lines it shares with batch size 1's: latency,
+    identical outputs, tree)."""
     b = report["batch_size"]
-    lines = [
+    return [
         ("inputs", f"{report['n_prompts']} used, {len(report['errors'])} skipped; {b} at a time"),
         ("target alone", f"{report['baseline_tokens_per_s']:.1f} tokens/s in all (batched, batch_size={b})"),
         ("speculative", f"{report['speculative_tokens_per_s']:.1f} tokens/s in all"),
@@ -142,8 +143,3 @@ def print_batched(report: dict, rows: list[tuple[str, str]]) -> None:
         ("engine efficiency", f"{report['engine_efficiency']:.2f} = decode speed-up / (tau x t_decode / "
                               f"(t_verify + t_draft) = {report['speedup_limit']:.2f}x)"),
     ]
-    print(f"mmvsd bench: target={report['target']} drafter={report['drafter']} batch_size={b}")
-    for label, value in lines:
-        print(f"  {label:<20} {value}")
-    for error in report["errors"]:
-        print(f"  skipped: {error['error']}")

@@ -28,7 +28,7 @@ from mmvsd.decoding.speculative import Step, _Clock, _Output
 from mmvsd.decoding.tree import DraftTree
 from mmvsd.decoding.verify import logits_to_probs, sample, verify_greedy, verify_stochastic
 from mmvsd.errors import UserError
-from mmvsd.models.kv_cache import add_row, keep_paths, rows_cache
+from mmvsd.models.kv_cache import add_row, keep_paths, rows_cache, rows_mask
 from mmvsd.models.llava import LlavaTarget, Prompt
 
 
@@ -59,8 +59,7 @@ def batch_generate(target: LlavaTarget, drafter: Drafter | None, prompts: list[P
     if cfg.tree.auto:
         raise ValueError("batch_generate drafts a fixed tree: pass batch_tree(cfg.tree)")
     queue = deque(enumerate(prompts))
-    tree_tokens = cfg.tree.total_tokens + 1 if drafter else 1
-    cache = rows_cache(target.num_layers, max(len(p.input_ids) for p in prompts) + cfg.max_new_tokens + tree_tokens)
+    cache = rows_cache(target.num_layers, row_positions(prompts, cfg, drafter is not None))
     drafts = drafter.new_batch() if drafter else None
     rows: list[_Row] = []
     while queue or rows:
@@ -92,14 +91,19 @@ def batch_tree(tree: TreeConfig) -> TreeConfig:
     return TreeConfig.presets()["short"] if tree.auto else tree
 
 
+def row_positions(prompts: list[Prompt], cfg: DecodeConfig, drafting: bool) -> int:
+    """Cache positions every row is given: the longest prompt, its answer, and a tree verified after it."""
+    return max(len(p.input_ids) for p in prompts) + cfg.max_new_tokens + (cfg.tree.total_tokens + 1 if drafting else 1)
+
+
 def check_batch_memory(target: LlavaTarget, prompts: list[Prompt], cfg: DecodeConfig, batch_size: int,
                        drafting: bool) -> None:
     """Refuse, before any work, a batch whose caches and logits would not fit in the memory free on
     the target's device, naming the largest batch size that fits. Per row: the target's KV cache
     for the longest prompt + max_new_tokens + a tree, the drafter's (one layer), and the fp32
     logits of a verified tree."""
+    positions = row_positions(prompts, cfg, drafting)
     tree = cfg.tree.total_tokens + 1 if drafting else 1
-    positions = max(len(p.input_ids) for p in prompts) + cfg.max_new_tokens + tree
     text = target.model.config.text_config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
@@ -154,11 +158,9 @@ def _plain_step(target: LlavaTarget, cache, rows: list[_Row], cfg: DecodeConfig)
     """The target alone: one token per row, each after its own context (no tree, nothing to move)."""
     clock = _Clock(target.device)
     lengths = torch.tensor(cache.layers[0].lengths)[:, None]  # [B, 1]
-    blocked = torch.arange(int(lengths.max()) + 1)[None] > lengths  # [B, K]: past the row's context and new token
-    mask = torch.zeros(len(rows), 1, 1, blocked.shape[1], dtype=target.dtype)
-    mask.masked_fill_(blocked[:, None, None], torch.finfo(target.dtype).min)
+    mask = _additive(target, rows_mask(lengths, torch.ones(len(rows), 1, 1, dtype=torch.bool)))  # context + itself
     tokens = torch.tensor([[row.last] for row in rows])
-    logits, _ = target.verify_rows(cache, tokens, lengths.to(target.device), mask.to(target.device))  # [B, 1, V]
+    logits, _ = target.verify_rows(cache, tokens, lengths.to(target.device), mask)  # [B, 1, V]
     step = []
     for row, row_logits in zip(rows, logits[:, 0]):
         row.last = sample(row_logits, cfg, row.generator)
@@ -213,10 +215,12 @@ def tree_batch(target: LlavaTarget, trees: list[DraftTree], lengths: list[int]
         tokens[i, :len(tree)], depths[i, :len(tree)] = tree.tokens, tree.depths
         ancestors[i, :len(tree), :len(tree)] = tree.ancestors
     start = torch.tensor(lengths)[:, None]  # [B, 1]
-    relative = torch.arange(max(lengths) + n)[None] - start  # [B, K]: key slot - the row's context length
-    in_tree = ancestors.gather(2, relative.clamp(0, n - 1)[:, None].expand(b, n, -1)) & (relative < n)[:, None]
-    allowed = (relative < 0)[:, None] | in_tree  # [B, N, K]
-    mask = torch.zeros(b, 1, *allowed.shape[1:], dtype=target.dtype)
-    mask.masked_fill_(~allowed[:, None], torch.finfo(target.dtype).min)  # additive, as in LlavaTarget._tree_mask
     device = target.device
-    return tokens.to(device), (start + depths).to(device), mask.to(device)
+    return tokens.to(device), (start + depths).to(device), _additive(target, rows_mask(start, ancestors))
+
+
+def _additive(target: LlavaTarget, allowed: torch.Tensor) -> torch.Tensor:
+    """A bool mask [B, q, K] as the additive [B, 1, q, K] the target's attention adds to its scores
+    (as in LlavaTarget._tree_mask: a boolean mask there would be silently wrong)."""
+    mask = torch.zeros(allowed.shape[0], 1, *allowed.shape[1:], dtype=target.dtype)
+    return mask.masked_fill_(~allowed[:, None], torch.finfo(target.dtype).min).to(target.device)

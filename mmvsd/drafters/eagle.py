@@ -17,7 +17,7 @@ from mmvsd.decoding.drafting import TreeShape, make_pairs
 from mmvsd.decoding.tree import DraftTree, TreeGrower
 from mmvsd.drafters.base import DrafterSpec, DraftRows, DraftState, Rollout, pair_position, register_drafter
 from mmvsd.drafters.layers import DecoderLayer, KVCache
-from mmvsd.models.kv_cache import RowsLayer
+from mmvsd.models.kv_cache import RowsLayer, rows_mask
 from mmvsd.models.llava import PrefillOutput
 from mmvsd.models.skinny import linear
 
@@ -189,11 +189,9 @@ class EagleDrafter(nn.Module):
         x = self.fuse(batch, nn.utils.rnn.pad_sequence(features, batch_first=True),
                       nn.utils.rnn.pad_sequence(tokens, batch_first=True))  # [B, n, H]
         device, n = x.device, x.shape[1]
-        step = torch.arange(n, device=device)
-        positions = torch.tensor(batch.position, device=device)[:, None] + 1 + step  # [B, n]
-        stable = torch.tensor(batch.stable, device=device)[:, None]  # [B, 1]
-        keys = torch.arange(max(batch.stable) + n, device=device)
-        allowed = keys[None, None] <= (stable + step)[..., None]  # [B, n, K]: the context, then causal
+        positions = torch.tensor(batch.position, device=device)[:, None] + 1 + torch.arange(n, device=device)  # [B, n]
+        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril().expand(b, n, n)
+        allowed = rows_mask(torch.tensor(batch.stable, device=device)[:, None], causal)  # the context, then causal
         out = self.layer(x, positions, allowed[:, None], batch.cache)
         root_hidden = out[torch.arange(b), counts.to(device) - 1]  # [B, H]
         batch.stable = [s + int(c) for s, c in zip(batch.stable, counts)]
@@ -237,9 +235,7 @@ class EagleDrafter(nn.Module):
         scratch = parent_sees.shape[2]
         sees = torch.cat([parent_sees.gather(1, parents[..., None].expand(b, k, scratch)),
                           torch.eye(k, dtype=torch.bool, device=tokens.device).expand(b, k, k)], dim=2)
-        relative = torch.arange(int(stable.max()) + scratch + k, device=tokens.device)[None] - stable  # [B, K]
-        seen = sees.gather(2, relative.clamp(0, scratch + k - 1)[:, None].expand(b, k, -1))
-        allowed = (relative < 0)[:, None] | (seen & (relative < scratch + k)[:, None])  # [B, k, K]
+        allowed = rows_mask(stable, sees)  # [B, k, K]
         x = self.fuse(batch, parent_out.gather(1, parents[..., None].expand(b, k, parent_out.shape[2])), tokens)
         return self.layer(x, positions.expand(b, k), allowed[:, None], batch.cache), sees
 

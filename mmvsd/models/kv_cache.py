@@ -160,6 +160,17 @@ class RowsLayer(PreallocatedLayer):
         return self.get_seq_length() + query_length, 0
 
 
+def rows_mask(starts: torch.Tensor, sees: torch.Tensor) -> torch.Tensor:
+    """Which keys of a `RowsLayer` each new query may attend to, as a bool [B, q, max(starts) + m]:
+    row b's queries see the row's whole context (its first starts[b] slots) and, of the m new slots
+    written right after it, those `sees` [B, q, m] allows; nothing past them (another row's longer
+    context, stale scratch). starts: [B, 1]."""
+    b, q, m = sees.shape
+    relative = torch.arange(int(starts.max()) + m, device=sees.device)[None] - starts  # [B, K]: slot - context
+    new = sees.gather(2, relative.clamp(0, m - 1)[:, None].expand(b, q, -1)) & (relative < m)[:, None]
+    return (relative < 0)[:, None] | new
+
+
 def rows_cache(num_layers: int, capacity: int) -> Cache:
     """An empty batch cache: rows join with `add_row`."""
     return Cache(layers=[RowsLayer(capacity) for _ in range(num_layers)])
